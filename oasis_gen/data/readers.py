@@ -1,0 +1,168 @@
+"""Read one scan from disk into a float32 array in [0, 1]: 2D slices (PNG/JPEG) and 3D volumes (NIfTI/Analyze)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from oasis_gen.errors import DataError
+
+SLICE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")
+# modes PIL decodes to 8-bit luminance without losing meaning; 16-bit and float modes are rescaled instead
+COLOUR_MODES = {"RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
+WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+AXIS_NAMES = {"sagittal": ("L", "R"), "coronal": ("A", "P"), "axial": ("S", "I")}
+# upper percentile for intensity scaling of non-8-bit data: robust to a few hot voxels
+UPPER_PERCENTILE = 99.5
+
+
+def scan_kind(path: str | Path) -> str | None:
+    """Return "slice", "volume" or None for a path, from its suffix."""
+    name = str(path).lower()
+    if name.endswith(SLICE_SUFFIXES):
+        return "slice"
+    if name.endswith(VOLUME_SUFFIXES):
+        return "volume"
+    return None
+
+
+def volume_stem(path: str | Path) -> str:
+    """Return a volume's file name without its NIfTI/Analyze suffix."""
+    name = Path(path).name
+    return re.sub(r"(\.nii\.gz|\.nii|\.hdr|\.img)$", "", name, flags=re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    """What a 2D image file holds: its PIL mode, (height, width) and how it will be converted."""
+
+    mode: str
+    shape: tuple[int, int]
+    note: str | None
+
+
+def inspect_slice(path: str | Path) -> SliceInfo:
+    """Open and fully decode a 2D image; raise DataError if it is unreadable or truncated."""
+    with _open_image(path) as image:
+        note = None
+        if image.mode in COLOUR_MODES:
+            note = f"{image.mode} image: converted to grayscale (luminance)"
+        elif image.mode in WIDE_MODES:
+            note = f"{image.mode} ({'float' if image.mode == 'F' else '16/32-bit'}) image: " \
+                   f"scaled to [0, 1] by its {UPPER_PERCENTILE} percentile"
+        elif image.mode != "L":
+            note = f"{image.mode} image: converted to grayscale"
+        return SliceInfo(mode=image.mode, shape=(image.height, image.width), note=note)
+
+
+def read_slice(path: str | Path) -> np.ndarray:
+    """Read a 2D image as a (H, W) float32 array in [0, 1]."""
+    with _open_image(path) as image:
+        if image.mode in WIDE_MODES:
+            data = np.asarray(image, dtype=np.float32)
+            return scale_unit(data, path)
+        if image.mode != "L":
+            image = image.convert("L")
+        return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """Open an image and force its decoding now, so a truncated file fails here with its name."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        image = Image.open(path)
+        image.load()
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (corrupt, or not PNG/JPEG)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = "truncated image" if "truncated" in str(err).lower() else f"unreadable image ({err})"
+        raise DataError(path, reason) from None
+    return image
+
+
+def scale_unit(data: np.ndarray, path: str | Path) -> np.ndarray:
+    """Map intensities to [0, 1]: minimum to 0, the upper percentile to 1, clipped."""
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise DataError(path, f"{bad} NaN/inf values")
+    low = float(data.min())
+    high = float(np.percentile(data, UPPER_PERCENTILE))
+    if high <= low:
+        high = float(data.max())
+    if high <= low:
+        raise DataError(path, "empty image (every value is the same)")
+    return np.clip((data - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scan scaled to [0, 1], with what is needed to write results back in its own space."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.spatialimages.SpatialHeader
+    shape: tuple[int, ...]
+
+
+def analyze_partner(path: Path) -> Path:
+    """Return the other half of an Analyze pair (.img for .hdr and back)."""
+    suffix = path.suffix
+    twin = {".img": ".hdr", ".hdr": ".img", ".IMG": ".HDR", ".HDR": ".IMG"}[suffix]
+    return path.with_suffix(twin)
+
+
+@functools.lru_cache(maxsize=4)
+def read_volume(path: str) -> Volume:
+    """Load a NIfTI/Analyze volume as float32 in [0, 1] (cached: its slices are read one after another)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(file, "file not found")
+    if file.suffix.lower() in (".img", ".hdr") and not analyze_partner(file).is_file():
+        raise DataError(file, f"Analyze volume without its {analyze_partner(file).suffix} partner")
+    try:
+        image = nib.load(str(file))
+        raw = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for truncated or corrupt files
+        raise DataError(file, f"unreadable volume ({type(err).__name__}: {err})") from None
+    original_shape = raw.shape
+    # OASIS-1 Analyze volumes carry a trailing singleton time axis
+    data = raw.reshape([s for s in raw.shape if s != 1]) if raw.ndim > 3 else raw
+    if data.ndim != 3:
+        raise DataError(file, f"expected a 3D volume, found shape {original_shape}")
+    return Volume(data=scale_unit(data, file), affine=image.affine, header=image.header, shape=original_shape)
+
+
+def resolve_axis(path: str | Path, axis: int | str) -> int:
+    """Turn "axial" / "coronal" / "sagittal" into the array axis of this volume (an int passes through)."""
+    if isinstance(axis, int) or str(axis).isdigit():
+        axis = int(axis)
+        if axis not in (0, 1, 2):
+            raise DataError(path, f"slice axis must be 0, 1 or 2, not {axis}")
+        return axis
+    if axis not in AXIS_NAMES:
+        raise DataError(path, f"slice axis must be one of {sorted(AXIS_NAMES)} or 0/1/2, not {axis!r}")
+    codes = nib.aff2axcodes(read_volume(str(path)).affine)
+    for index, code in enumerate(codes[:3]):
+        if code in AXIS_NAMES[axis]:
+            return index
+    raise DataError(path, f"cannot tell the {axis} axis from the affine (axis codes {codes})")
+
+
+def volume_slice(volume: Volume, axis: int, index: int) -> np.ndarray:
+    """Return one 2D plane of a volume, turned so that the first array axis runs top to bottom."""
+    return np.ascontiguousarray(np.rot90(np.take(volume.data, index, axis=axis)))
+
+
+def brain_fractions(volume: Volume, axis: int, threshold: float = 0.05) -> np.ndarray:
+    """Fraction of each plane along an axis whose intensity exceeds threshold (a proxy for brain area)."""
+    other = tuple(a for a in range(3) if a != axis)
+    return (volume.data > threshold).mean(axis=other)
