@@ -1,0 +1,50 @@
+"""Make ``python -m monai.bundle run`` report oasis-gen's errors as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+from oasis_gen.errors import ConfigError, OasisGenError
+
+_installed = False
+
+
+def find_user_error(error: BaseException | None) -> OasisGenError | None:
+    """The oasis-gen error at the root of an exception chain (MONAI wraps config errors in RuntimeErrors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OasisGenError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    user_error = find_user_error(error)
+    if user_error is None or os.environ.get("OASIS_GEN_TRACEBACK"):
+        sys.__excepthook__(kind, error, tb)
+        return
+    print(f"oasis-gen: error: {user_error}\n(set OASIS_GEN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+
+
+def install_error_hook() -> None:
+    """Print oasis-gen errors raised anywhere in a bundle run as one message (other errors keep their traceback)."""
+    global _installed
+    if not _installed:
+        sys.excepthook = _hook
+        _installed = True
+
+
+def flag(value: object, key: str = "flag") -> bool:
+    """Read a yes/no setting given on the command line as true/false/yes/no/1/0 (fire passes "false" as text)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", ""):
+        return False
+    raise ConfigError(key, f"expected true or false, not {value!r}")

@@ -1,0 +1,292 @@
+"""Ignite handlers MONAI's engines lack for VQ-VAEs: codebook health, loss terms, pictures, run records, tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+from mlflow.entities import Param
+from monai.handlers import MLFlowHandler
+from torch import nn
+
+from oasis_gen.files import write_text
+from oasis_gen.pictures import reconstruction_grid, save_png
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or the module itself)."""
+    return getattr(network, "module", network)
+
+
+def codebook_health(counts: torch.Tensor) -> dict[str, float]:
+    """Perplexity (effective number of codes used) and the fraction of codes never used, from code counts."""
+    total = float(counts.sum())
+    if total == 0:
+        return {"perplexity": 0.0, "unused": 1.0}
+    probs = counts.double() / total
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    return {"perplexity": float(entropy.exp()), "unused": float((counts == 0).double().mean())}
+
+
+class CodebookUsage:
+    """Count the codes the quantizer picks during an epoch; publish perplexity and unused fraction as metrics.
+
+    Counts only forward passes in the given mode ("train" or "eval"), so a validation run inside a training epoch
+    does not mix into the training figures.
+    """
+
+    def __init__(self, network: nn.Module, mode: str = "train", prefix: str = "codebook"):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', not {mode!r}")
+        self.network = network
+        self.training = mode == "train"
+        self.prefix = prefix
+        self.counts: torch.Tensor | None = None
+        self._hook = None
+
+    def attach(self, engine: Engine) -> None:
+        quantizer = unwrap(self.network).quantizer.quantizer
+        self.num_embeddings = int(quantizer.num_embeddings)
+        self._hook = quantizer.register_forward_hook(self._count)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _reset(self, engine: Engine) -> None:
+        self.counts = torch.zeros(self.num_embeddings, dtype=torch.long)
+
+    def _count(self, module: nn.Module, inputs: Any, output: tuple) -> None:
+        if self.counts is None or module.training != self.training:
+            return
+        indices = output[2].detach().flatten()
+        self.counts += torch.bincount(indices, minlength=self.num_embeddings).cpu()
+
+    def _publish(self, engine: Engine) -> None:
+        if self.counts is None:
+            return
+        for key, value in codebook_health(self.counts).items():
+            engine.state.metrics[f"{self.prefix}_{key}"] = value
+
+
+class LossTerms:
+    """Average the loss function's separate terms (reconstruction, quantization, ...) over each epoch."""
+
+    def __init__(self, loss_function: nn.Module):
+        self.loss_function = loss_function
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _reset(self, engine: Engine) -> None:
+        self.sums, self.count = {}, 0
+
+    def _add(self, engine: Engine) -> None:
+        for key, value in getattr(self.loss_function, "last_terms", {}).items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def _publish(self, engine: Engine) -> None:
+        for key, total in self.sums.items():
+            engine.state.metrics[key] = total / max(self.count, 1)
+
+
+def run_id_of(run_handler: MLFlowHandler | None) -> str | None:
+    """The MLflow run an MLFlowHandler writes to (None when tracking is off or not started)."""
+    run = getattr(run_handler, "cur_run", None) if run_handler is not None else None
+    return run.info.run_id if run is not None else None
+
+
+def log_artifact(run_handler: MLFlowHandler | None, path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a file to the run of an MLFlowHandler, if tracking is on."""
+    run_id = run_id_of(run_handler)
+    if run_id is not None and Path(path).is_file():
+        run_handler.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+class ReconstructionPictures:
+    """After each evaluation, save a grid of original | reconstruction | difference and log it to MLflow."""
+
+    def __init__(self, output_dir: str | Path, run_handler: MLFlowHandler | None = None, num_images: int = 8,
+                 name: str = "reconstructions"):
+        self.output_dir = Path(output_dir)
+        self.run_handler = run_handler
+        self.num_images = int(num_images)
+        self.name = name
+        self.originals: list[torch.Tensor] = []
+        self.reconstructions: list[torch.Tensor] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _reset(self, engine: Engine) -> None:
+        self.originals, self.reconstructions = [], []
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            if len(self.originals) >= self.num_images:
+                return
+            self.originals.append(torch.as_tensor(item["label"]).detach().cpu())
+            self.reconstructions.append(torch.as_tensor(item["pred"]).detach().cpu())
+
+    def _save(self, engine: Engine) -> None:
+        if not self.originals:
+            return
+        path = self.output_dir / "pictures" / f"{self.name}_epoch{engine.state.epoch:03d}.png"
+        save_png(reconstruction_grid(self.originals, self.reconstructions), path)
+        log_artifact(self.run_handler, path, artifact_path=self.name)
+
+
+class RunRecorder:
+    """Tag the MLflow run when it starts; at the end write the run's configuration and log it with the model.
+
+    Args:
+        run_handler: the MLFlowHandler whose run is recorded (None: only the files are written).
+        output_dir: where ``config.yaml`` is written.
+        config: the values the run used (after overrides), saved as ``config.yaml`` and logged.
+        params: MLflow params; a resumed run keeps the values it has and logs only new ones (MLflow refuses
+            to change a param).
+        tags: tags set on the run (git commit, stage, ...).
+        artifacts: files logged when the engine completes (e.g. the best checkpoint), if they exist.
+    """
+
+    def __init__(self, run_handler: MLFlowHandler | None, output_dir: str | Path, config: Mapping[str, Any],
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+                 artifacts: Sequence[str | Path] = ()):
+        self.run_handler = run_handler
+        self.output_dir = Path(output_dir)
+        self.config = dict(config)
+        self.params = {k: str(v) for k, v in (params or {}).items()}
+        self.tags = dict(tags or {})
+        self.artifacts = [Path(a) for a in artifacts]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self._complete)
+
+    def _start(self, engine: Engine) -> None:
+        config_file = write_text(self.output_dir / "config.yaml",
+                                        yaml.safe_dump(_plain(self.config), sort_keys=False))
+        run_id = run_id_of(self.run_handler)
+        if run_id is None:
+            return
+        client = self.run_handler.client
+        for key, value in self.tags.items():
+            client.set_tag(run_id, key, value)
+        logged = client.get_run(run_id).data.params
+        changed = {k: (logged[k], v) for k, v in self.params.items() if k in logged and logged[k] != v}
+        if changed:
+            logger.warning("resumed run keeps its first values of %s", ", ".join(
+                f"{k} ({old} -> {new} not logged)" for k, (old, new) in changed.items()))
+        fresh = [Param(k, v[:6000]) for k, v in self.params.items() if k not in logged]
+        for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=fresh[start:start + 100])
+        log_artifact(self.run_handler, config_file)
+
+    def _complete(self, engine: Engine) -> None:
+        for path in self.artifacts:
+            log_artifact(self.run_handler, path, artifact_path="model")
+
+
+def _plain(value: Any) -> Any:
+    """Turn tuples, paths, tensors and numpy values into plain YAML-safe values."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (np.generic, torch.Tensor)) and np.size(value) == 1:
+        return value.item()
+    return str(value)
+
+
+class PerImageMetrics:
+    """Write one row per evaluated slice (file, subject, slice, each metric) and a summary of each metric.
+
+    Reads the per-image values MONAI metric handlers keep with ``save_details=True``; publishes the summary
+    means and standard deviations as engine metrics (``<name>_mean``, ``<name>_std``) for StatsHandler and MLflow.
+    """
+
+    def __init__(self, output_dir: str | Path, metric_names: Sequence[str], run_handler: MLFlowHandler | None = None):
+        self.output_dir = Path(output_dir)
+        self.metric_names = list(metric_names)
+        self.run_handler = run_handler
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        for i, path in enumerate(batch["image"].meta["filename_or_obj"]):
+            self.rows.append({"file": str(path), "subject": str(batch["subject"][i]), "slice": int(batch["slice"][i])})
+
+    def _write(self, engine: Engine) -> None:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        summary: dict[str, dict[str, float]] = {}
+        for name in self.metric_names:
+            values = torch.as_tensor(details[name]).float().reshape(len(self.rows), -1).mean(dim=1).numpy()
+            for row, value in zip(self.rows, values, strict=True):
+                row[name] = float(value)
+            finite = values[np.isfinite(values)]
+            summary[name] = {
+                "mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite)),
+                "p05": float(np.percentile(finite, 5)), "p95": float(np.percentile(finite, 95)),
+                "min": float(finite.min()), "max": float(finite.max()), "count": int(finite.size),
+            }
+            engine.state.metrics[f"{name}_mean"] = summary[name]["mean"]
+            engine.state.metrics[f"{name}_std"] = summary[name]["std"]
+        header = ["file", "subject", "slice", *self.metric_names]
+        lines = [",".join(header)]
+        lines += [",".join(_csv_cell(row[h]) for h in header) for row in self.rows]
+        table = write_text(self.output_dir / "per_image.csv", "\n".join(lines) + "\n")
+        summary_file = write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2))
+        for path in (table, summary_file):
+            log_artifact(self.run_handler, path, artifact_path="evaluation")
+        logger.info("evaluation of %d slices: %s", len(self.rows), ", ".join(
+            f"{n} {s['mean']:.4f} ± {s['std']:.4f}" for n, s in summary.items()))
+
+
+def _csv_cell(value: Any) -> str:
+    """Format one CSV cell (quoting text that needs it)."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6f}"
+    text = str(value)
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's tqdm progress bar over each epoch's iterations, showing the running loss."""
+
+    def __init__(self, output_transform: Any = None, **kwargs: Any):
+        super().__init__(persist=False, **kwargs)
+        self._output_transform = output_transform
+
+    def attach(self, engine: Engine, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        kwargs.setdefault("output_transform", self._output_transform)
+        super().attach(engine, *args, **kwargs)

@@ -1,0 +1,72 @@
+"""What MONAI engines need for the VQ-VAE beyond their defaults: batch preparation, loss and inferer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from monai.engines.utils import PrepareBatch
+from monai.inferers import Inferer
+from monai.losses import SSIMLoss
+from torch import nn
+
+from oasis_gen.data.transforms import decode_intensity
+
+
+class PrepareImageBatch(PrepareBatch):
+    """Move a batch's compactly cached images to the device, decode them to float [0, 1], pair them with themselves.
+
+    An autoencoder's target is its input, so this returns ``(images, images)``.
+    """
+
+    def __init__(self, key: str = "image"):
+        self.key = key
+
+    def __call__(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.as_tensor(batchdata[self.key]).to(device=device, non_blocking=non_blocking)
+        images = decode_intensity(images)
+        return images, images
+
+
+class VQVAELoss(nn.Module):
+    """Reconstruction loss (L1 or MSE, optionally plus SSIM) plus the quantizer's commitment loss.
+
+    Takes the VQ-VAE's ``(reconstruction, quantization_loss)`` output as the prediction; the last terms are kept
+    in ``last_terms`` so handlers can log them.
+    """
+
+    def __init__(self, reconstruction: str = "l1", quantization_weight: float = 1.0, ssim_weight: float = 0.0):
+        super().__init__()
+        losses = {"l1": nn.L1Loss(), "mse": nn.MSELoss()}
+        if reconstruction not in losses:
+            raise ValueError(f"reconstruction loss must be one of {sorted(losses)}, not {reconstruction!r}")
+        self.reconstruction = losses[reconstruction]
+        self.quantization_weight = float(quantization_weight)
+        self.ssim_weight = float(ssim_weight)
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0) if self.ssim_weight > 0 else None
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        reconstruction, quantization_loss = output
+        reconstruction = reconstruction.float()
+        recon = self.reconstruction(reconstruction, target)
+        total = recon + self.quantization_weight * quantization_loss.float()
+        terms = {"recon_loss": recon.detach(), "quant_loss": quantization_loss.detach()}
+        if self.ssim is not None:
+            ssim = self.ssim(reconstruction, target)
+            total = total + self.ssim_weight * ssim
+            terms["ssim_loss"] = ssim.detach()
+        self.last_terms = {k: float(v) for k, v in terms.items()}
+        return total
+
+
+class ReconstructionInferer(Inferer):
+    """Run a VQ-VAE and return only its reconstruction, clipped to the [0, 1] image range."""
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        reconstruction, _ = network(inputs, *args, **kwargs)
+        return reconstruction.float().clamp(0.0, 1.0)
