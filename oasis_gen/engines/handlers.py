@@ -238,9 +238,10 @@ class PerImageMetrics:
         self.rows = []
 
     def _collect(self, engine: Engine) -> None:
-        batch = engine.state.batch
-        for i, path in enumerate(batch["image"].meta["filename_or_obj"]):
-            self.rows.append({"file": str(path), "subject": str(batch["subject"][i]), "slice": int(batch["slice"][i])})
+        # MONAI evaluators decollate the batch into one dict per slice
+        for item in engine.state.batch:
+            path = item["image"].meta.get("filename_or_obj", "") if hasattr(item["image"], "meta") else ""
+            self.rows.append({"file": str(path), "subject": str(item["subject"]), "slice": int(item["slice"])})
 
     def _write(self, engine: Engine) -> None:
         details = getattr(engine.state, "metric_details", {}) or {}
