@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from oasis_gen.errors import OasisGenError
+from oasis_gen.errors import ConfigError, OasisGenError
 
 DEFAULT_DEMO_DIR = "data/demo"
 
@@ -27,8 +27,11 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     """Build the demo cohort."""
     from oasis_gen.data.demo import build_demo_cohort
 
-    manifest = build_demo_cohort(args.out, subjects=args.subjects, size=args.size, seed=args.seed,
-                                 slices_per_subject=args.slices)
+    try:
+        manifest = build_demo_cohort(args.out, subjects=args.subjects, size=args.size, seed=args.seed,
+                                     slices_per_subject=args.slices)
+    except ValueError as err:
+        raise ConfigError("data demo", str(err)) from None
     print(f"demo cohort ready: {manifest.parent} (manifest: {manifest})")
     return 0
 

@@ -59,7 +59,8 @@ def oasis_slices(tmp_path: Path) -> Path:
         for subject in subjects:
             for k in range(3):
                 seed += 1
-                write_png(root / f"keras_png_slices_{split}" / f"case_{subject}_slice_{k}.nii.png", brain_slice(24, seed))
+                name = f"case_{subject}_slice_{k}.nii.png"
+                write_png(root / f"keras_png_slices_{split}" / name, brain_slice(24, seed))
                 write_png(root / f"keras_png_slices_seg_{split}" / f"seg_{subject}_slice_{k}.nii.png",
                           (brain_slice(24, seed) > 0).astype(np.uint8) * 3)
     return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,109 @@ class CodebookUsage:
             engine.state.metrics[f"{self.prefix}_{key}"] = value
 
 
+class CodebookRestart:
+    """Re-seed the codes of MONAI's EMA quantizer that went unused, from encoder outputs of the current batch.
+
+    MONAI's EMA update divides each code's running sum by its smoothed usage; for an unused code that is about
+    1e-5, so after one step every unused code sits far out (norms ~1e5) and can never be picked again: the codebook
+    collapses to one or a few codes. Every ``interval`` training iterations, each code not picked at all during
+    those iterations is moved onto a random encoder output of the latest batch (the first check, after the first
+    iteration, doubles as a data-dependent initialisation). Under DDP the codebook is then broadcast from rank 0,
+    so every rank keeps the same one.
+    """
+
+    def __init__(self, network: nn.Module, interval: int = 20, enabled: bool = True):
+        self.network = network
+        self.interval = max(int(interval), 1)
+        self.enabled = enabled
+        self.latest: torch.Tensor | None = None
+        self.used: torch.Tensor | None = None
+        self.restarted = 0
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        self.quantizer = unwrap(self.network).quantizer.quantizer
+        self.quantizer.register_forward_pre_hook(self._keep_inputs)
+        self.quantizer.register_forward_hook(self._count)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._restart)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset_count)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _keep_inputs(self, module: nn.Module, inputs: tuple) -> None:
+        if module.training:
+            self.latest = inputs[0].detach()
+
+    def _count(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
+        if module.training:
+            counts = torch.bincount(output[2].detach().flatten(), minlength=module.num_embeddings)
+            self.used = counts if self.used is None else self.used + counts
+
+    def _reset_count(self, engine: Engine) -> None:
+        self.restarted = 0
+
+    def _restart(self, engine: Engine) -> None:
+        # check after the first iteration, then every `interval`
+        if self.latest is None or self.used is None or (engine.state.iteration - 1) % self.interval:
+            return
+        q = self.quantizer
+        with torch.no_grad():
+            used = self.used.clone()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(used)
+            dead = torch.nonzero(used == 0).flatten()
+            if dead.numel():
+                dim = self.latest.shape[1]
+                vectors = self.latest.movedim(1, -1).reshape(-1, dim).float()
+                picks = vectors[torch.randint(0, vectors.shape[0], (dead.numel(),), device=vectors.device)]
+                q.embedding.weight.data[dead] = picks
+                q.ema_w.data[dead] = picks  # with a usage of 1, the EMA's ratio ema_w / usage is the pick itself
+                q.ema_cluster_size.data[dead] = 1.0
+                self.restarted += int(dead.numel())
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                for tensor in (q.embedding.weight.data, q.ema_w.data, q.ema_cluster_size.data):
+                    torch.distributed.broadcast(tensor, src=0)
+        self.latest, self.used = None, None
+
+    def _publish(self, engine: Engine) -> None:
+        engine.state.metrics["codebook_restarted"] = float(self.restarted)
+
+
+class TimeBudget:
+    """Stop training at the end of the last epoch that fits in a time budget (validation and checkpoint included).
+
+    Ends on an epoch boundary, so the run finishes validated and checkpointed like any other.
+    """
+
+    def __init__(self, minutes: float | None = None):
+        self.seconds = float(minutes) * 60.0 if minutes else None
+        self.started = 0.0
+        self.epoch_started = 0.0
+        self.longest_epoch = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_start)
+        # after the other epoch-end handlers (validation, checkpoints) so their time counts
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
+
+    def _start(self, engine: Engine) -> None:
+        self.started = time.perf_counter()
+
+    def _epoch_start(self, engine: Engine) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def _check(self, engine: Engine) -> None:
+        now = time.perf_counter()
+        self.longest_epoch = max(self.longest_epoch, now - self.epoch_started)
+        if now - self.started + self.longest_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs:
+            logger.info("time budget of %.1f min reached after epoch %d: stopping", self.seconds / 60,
+                        engine.state.epoch)
+            engine.terminate()
+
+
 class LossTerms:
     """Average the loss function's separate terms (reconstruction, quantization, ...) over each epoch."""
 
@@ -110,9 +214,10 @@ def run_id_of(run_handler: MLFlowHandler | None) -> str | None:
     return run.info.run_id if run is not None else None
 
 
-def log_artifact(run_handler: MLFlowHandler | None, path: str | Path, artifact_path: str | None = None) -> None:
-    """Log a file to the run of an MLFlowHandler, if tracking is on."""
-    run_id = run_id_of(run_handler)
+def log_artifact(run_handler: MLFlowHandler | None, path: str | Path, artifact_path: str | None = None,
+                 run_id: str | None = None) -> None:
+    """Log a file to the run of an MLFlowHandler (or to run_id through its client), if tracking is on."""
+    run_id = run_id or run_id_of(run_handler)
     if run_id is not None and Path(path).is_file():
         run_handler.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
@@ -172,6 +277,7 @@ class RunRecorder:
         self.output_dir = Path(output_dir)
         self.config = dict(config)
         self.params = {k: str(v) for k, v in (params or {}).items()}
+        self.run_id: str | None = None
         self.tags = dict(tags or {})
         self.artifacts = [Path(a) for a in artifacts]
 
@@ -182,7 +288,7 @@ class RunRecorder:
     def _start(self, engine: Engine) -> None:
         config_file = write_text(self.output_dir / "config.yaml",
                                         yaml.safe_dump(_plain(self.config), sort_keys=False))
-        run_id = run_id_of(self.run_handler)
+        run_id = self.run_id = run_id_of(self.run_handler)
         if run_id is None:
             return
         client = self.run_handler.client
@@ -199,8 +305,9 @@ class RunRecorder:
         log_artifact(self.run_handler, config_file)
 
     def _complete(self, engine: Engine) -> None:
+        # the MLFlowHandler may already have closed its run (it forgets it then): use the id kept at start
         for path in self.artifacts:
-            log_artifact(self.run_handler, path, artifact_path="model")
+            log_artifact(self.run_handler, path, artifact_path="model", run_id=self.run_id)
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ from monai.losses import SSIMLoss
 from torch import nn
 
 from oasis_gen.data.transforms import decode_intensity
+from oasis_gen.errors import ConfigError
 
 
 class PrepareImageBatch(PrepareBatch):
@@ -43,7 +44,8 @@ class VQVAELoss(nn.Module):
         super().__init__()
         losses = {"l1": nn.L1Loss(), "mse": nn.MSELoss()}
         if reconstruction not in losses:
-            raise ValueError(f"reconstruction loss must be one of {sorted(losses)}, not {reconstruction!r}")
+            raise ConfigError("reconstruction_loss", f"reconstruction loss must be one of {sorted(losses)}, "
+                                                     f"not {reconstruction!r}")
         self.reconstruction = losses[reconstruction]
         self.quantization_weight = float(quantization_weight)
         self.ssim_weight = float(ssim_weight)

@@ -1,0 +1,171 @@
+"""The VQ-VAE bundle through the real ``python -m monai.bundle`` CLI: training, MLflow, evaluation, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import brain_slice, write_png
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "bundle" / "configs" / "train.yaml")
+EVALUATE = str(ROOT / "bundle" / "configs" / "evaluate.yaml")
+SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+
+pytestmark = pytest.mark.slow
+
+
+def bundle(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ...`` as a user would, returning its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OASIS_GEN_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tiny_overrides(data: Path, out: Path, store: Path, **extra: object) -> list[str]:
+    values = {"dataset_dir": data, "output_dir": out, "tracking_uri": store, "image_size": 32, "batch_size": 4,
+              "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "progress": "False", **extra}
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 train, 4 validation and 6 test slices of 40x40 in the OASIS layout."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    seed = 0
+    for split, subjects, slices in (("train", range(1, 4), 4), ("validate", range(4, 5), 4), ("test", range(5, 7), 3)):
+        for subject in subjects:
+            for k in range(slices):
+                seed += 1
+                write_png(root / f"keras_png_slices_{split}" / f"case_{subject:03d}_slice_{k}.nii.png",
+                          brain_slice(40, seed))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> dict:
+    """One 2-epoch training run through the CLI, shared by the tests that inspect its results."""
+    work = tmp_path_factory.mktemp("run")
+    out, store = work / "out", work / "mlruns"
+    result = bundle("run", "training", "--config_file", TRAIN, *tiny_overrides(tiny_data, out, store, max_epochs=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "store": store, "result": result, "data": tiny_data}
+
+
+def runs_of(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("oasis-gen")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_training_writes_checkpoints_that_rebuild_the_model(trained):
+    ckpts = trained["out"] / "checkpoints"
+    assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=2.pt").is_file()
+    last = torch.load(ckpts / "last_checkpoint_epoch=2.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 6  # ignite keeps iterations
+    from oasis_gen.networks.vqvae import load_vqvae
+
+    network, spec = load_vqvae(ckpts / "model.pt")
+    assert spec["image_size"] == 32 and spec["num_embeddings"] == 16 and spec["grid_size"] == 8
+    reconstruction, _ = network(torch.rand(1, 1, 32, 32))
+    assert reconstruction.shape == (1, 1, 32, 32)
+
+
+def test_training_run_is_recorded_in_mlflow(trained):
+    client, runs = runs_of(trained["store"])
+    assert len(runs) == 1, [r.info.run_name for r in runs]  # trainer and validator share one run
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("vqvae-32px-K16-D8-")
+    params = run.data.params
+    assert params["image_size"] == "32" and params["num_embeddings"] == "16" and params["max_epochs"] == "2"
+    assert params["data.train.slices"] == "12" and params["data.validate.subjects"] == "1"
+    assert int(params["parameters"]) > 1000
+    assert run.data.tags["stage"] == "vqvae"
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(losses) == 2 * 3  # 12 slices / batch 4 = 3 iterations per epoch, logged every iteration
+    for name in ("val_ssim", "val_psnr", "val_mse", "codebook_perplexity", "codebook_unused", "recon_loss"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+    assert 0.0 <= run.data.metrics["codebook_unused"] < 1.0
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "reconstructions")]
+    assert pictures == ["reconstructions/reconstructions_epoch001.png", "reconstructions/reconstructions_epoch002.png"]
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+    picture = Path(client.download_artifacts(run.info.run_id, pictures[0], str(trained["out"] / "dl")))
+    from PIL import Image
+
+    assert Image.open(picture).size[0] == 3 * 32 + 2 * 2  # original | reconstruction | difference
+
+
+def test_evaluation_writes_one_row_per_test_slice(trained):
+    result = bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(trained["data"]),
+                    "--output_dir", str(trained["out"]), "--tracking_uri", str(trained["store"]),
+                    "--progress", "False")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(trained["out"] / "evaluation" / "per_image.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 6
+    assert {r["subject"] for r in rows} == {"005", "006"} and {r["slice"] for r in rows} == {"0", "1", "2"}
+    assert all(0.0 <= float(r["ssim"]) <= 1.0 and float(r["mse"]) >= 0 for r in rows)
+    assert rows[0]["file"].endswith("case_005_slice_0.nii.png")
+    summary = json.loads((trained["out"] / "evaluation" / "summary.json").read_text())
+    mean_ssim = sum(float(r["ssim"]) for r in rows) / len(rows)
+    assert summary["ssim"]["mean"] == pytest.approx(mean_ssim, abs=1e-5) and summary["ssim"]["count"] == 6
+    client, runs = runs_of(trained["store"])
+    evaluation = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+    assert len(evaluation) == 1
+    assert evaluation[0].data.metrics["ssim_mean"] == pytest.approx(summary["ssim"]["mean"], abs=1e-5)
+    logged = [a.path for a in client.list_artifacts(evaluation[0].info.run_id, "evaluation")]
+    assert "evaluation/per_image.csv" in logged
+
+
+def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
+    # a copy, so the shared run above stays as it was for the other tests
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out)
+    result = bundle("run", "training", "--config_file", TRAIN,
+                    *tiny_overrides(trained["data"], out, tmp_path / "mlruns", max_epochs=3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "resuming from" in log and "last_checkpoint_epoch=2.pt (epoch 2)" in log
+    assert "Epoch[1]" not in log and "Epoch[3]" in log  # only the third epoch ran
+    last = torch.load(out / "checkpoints" / "last_checkpoint_epoch=3.pt", weights_only=True)
+    assert last["trainer"]["iteration"] == 3 * 3
+    assert not (out / "checkpoints" / "last_checkpoint_epoch=2.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dataset_dir": "/nonexistent/oasis"}, "/nonexistent/oasis: dataset folder not found"),
+        ({"image_size": 30}, "image_size': 30 is not divisible by 2**num_downsamplings = 4"),
+        ({"reconstruction_loss": "l3"}, "reconstruction loss must be one of"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_message(tiny_data, tmp_path, overrides, message):
+    args = tiny_overrides(tiny_data, tmp_path / "out", tmp_path / "mlruns", max_epochs=1, **overrides)
+    result = bundle("run", "training", "--config_file", TRAIN, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_metadata_passes_the_monai_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI metadata schema not found at {SCHEMA}")
+    result = bundle("verify_metadata", "--meta_file", str(ROOT / "bundle" / "configs" / "metadata.json"),
+                    "--filepath", str(SCHEMA))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "metadata is verified with no error" in result.stdout + result.stderr

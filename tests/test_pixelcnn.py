@@ -1,0 +1,334 @@
+"""Tests of the Gated PixelCNN prior and of its samplers: causality, no blind spot, incremental == naive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oasis_gen.networks.pixelcnn import GatedPixelCNN
+from oasis_gen.sampling import (
+    IncrementalState,
+    complete_codes,
+    incremental_logits,
+    sample_codes,
+    sample_codes_naive,
+)
+
+K = 5
+
+
+def _model(seed: int = 0, **kwargs) -> GatedPixelCNN:
+    torch.manual_seed(seed)
+    kwargs = {"num_embeddings": K, "channels": 8, "num_layers": 4, **kwargs}
+    return GatedPixelCNN(**kwargs).eval()
+
+
+def _codes(shape: tuple[int, ...], num_embeddings: int = K, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, num_embeddings, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _dependence(
+    model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``dep[i, j, a, b]``: whether the logits at (i, j) of grid 0 get a gradient from the code at (a, b)."""
+    captured: list[torch.Tensor] = []
+    handle = model.embedding.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = model(codes, labels)
+    finally:
+        handle.remove()
+    embedded = captured[0]
+    projection = torch.randn(model.num_embeddings, generator=torch.Generator().manual_seed(2))
+    height, width = codes.shape[1:]
+    dep = torch.zeros(height, width, height, width, dtype=torch.bool)
+    for i in range(height):
+        for j in range(width):
+            (grad,) = torch.autograd.grad(
+                (logits[0, :, i, j] * projection).sum(), embedded, retain_graph=True
+            )
+            dep[i, j] = grad[0].abs().sum(dim=-1) > 0
+    return dep
+
+
+def _raster_prefix(height: int, width: int) -> torch.Tensor:
+    """``prefix[i, j, a, b]``: whether (a, b) comes strictly before (i, j) in raster order."""
+    index = torch.arange(height * width).view(height, width)
+    return index[None, None, :, :] < index[:, :, None, None]
+
+
+# ----------------------------------------------------------------------------------------------- the network
+
+
+def test_forward_shape_and_dtype():
+    model = _model()
+    logits = model(_codes((3, 6, 7)))
+    assert logits.shape == (3, K, 6, 7)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    assert model(_codes((2, 1, 1))).shape == (2, K, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, grid",
+    [
+        ({"num_layers": 6, "kernel_size": 3}, (6, 6)),
+        ({"num_layers": 3, "kernel_size": 5, "num_classes": 3}, (7, 5)),
+    ],
+)
+def test_causal_without_blind_spot(kwargs, grid):
+    """Logits at (i, j) depend on exactly the positions before (i, j) in raster order, given enough depth."""
+    model = _model(**kwargs)
+    labels = torch.tensor([1]) if "num_classes" in kwargs else None
+    dep = _dependence(model, _codes((1, *grid)), labels)
+    prefix = _raster_prefix(*grid)
+    assert not (dep & ~prefix).any(), "logits see the current position or a later one"
+    assert (dep == prefix).all(), "some earlier position is not seen"
+    height, width = grid
+    for i in range(1, height):  # the old blind spot: above and to the right, up to the far corner
+        for j in range(width):
+            assert dep[i, j, i - 1, j:].all()
+    assert dep[height - 1, 0, 0, width - 1]
+
+
+@pytest.mark.parametrize("num_layers, kernel_size", [(1, 3), (2, 3), (1, 5)])
+def test_receptive_field_is_a_full_rectangle(num_layers, kernel_size):
+    """A shallow net sees exactly the rectangle above and the segment to the left, as documented."""
+    model = _model(num_layers=num_layers, kernel_size=kernel_size)
+    height, width = 7, 9
+    dep = _dependence(model, _codes((1, height, width)))
+    rows_above, cols = model.receptive_field
+    assert (rows_above, cols) == (num_layers * (kernel_size // 2) + 1, num_layers * (kernel_size // 2))
+    expected = torch.zeros_like(dep)
+    for i in range(height):
+        for j in range(width):
+            expected[i, j, max(i - rows_above, 0) : i, max(j - cols, 0) : j + cols + 1] = True
+            expected[i, j, i, max(j - cols, 0) : j] = True
+    assert (dep == expected).all()
+
+
+def test_changing_current_and_later_codes_leaves_logits_unchanged():
+    model = _model(num_layers=5)
+    codes = _codes((1, 5, 6))
+    reference = model(codes)
+    for i, j in [(0, 0), (2, 3), (4, 5), (3, 0)]:
+        changed = codes.clone().view(-1)
+        start = i * 6 + j
+        changed[start:] = (changed[start:] + 1 + _codes((changed.numel() - start,), K - 1, seed=start)) % K
+        logits = model(changed.view(1, 5, 6))
+        torch.testing.assert_close(logits[:, :, i, j], reference[:, :, i, j], rtol=0, atol=1e-6)
+        if start > 0:  # and changing the previous code does change them
+            changed = codes.clone().view(-1)
+            changed[start - 1] = (changed[start - 1] + 1) % K
+            assert not torch.allclose(model(changed.view(1, 5, 6))[:, :, i, j], reference[:, :, i, j])
+
+
+def test_labels_change_the_logits():
+    model = _model(num_classes=4)
+    codes = _codes((2, 4, 4))
+    first, second = model(codes, torch.tensor([0, 0])), model(codes, torch.tensor([3, 3]))
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(model(codes, 2), model(codes, torch.tensor([2, 2])))
+
+
+def test_every_parameter_gets_a_gradient():
+    """No dead parameters (they would break DistributedDataParallel without find_unused_parameters)."""
+    model = _model(num_classes=3, dropout=0.1).train()
+    codes = _codes((2, 5, 5))
+    loss = torch.nn.functional.cross_entropy(model(codes, torch.tensor([0, 2])), codes)
+    loss.backward()
+    missing = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert not missing
+
+
+def test_runs_under_autocast():
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(_codes((2, 4, 4)))
+    assert logits.shape == (2, K, 4, 4)
+    assert torch.isfinite(logits.float()).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kernel_size": 4}, "kernel_size must be an odd integer >= 3"),
+        ({"kernel_size": 1}, "kernel_size must be an odd integer >= 3"),
+        ({"num_layers": 0}, "num_layers must be an integer >= 1"),
+        ({"channels": 0}, "channels must be an integer >= 1"),
+        ({"num_embeddings": 0}, "num_embeddings must be an integer >= 1"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+        ({"dropout": 1.0}, "dropout must lie in"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _model(**kwargs)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = _model()
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 5\).*got values in \[0, 5\]"):
+        model(torch.tensor([[[0, 5]]]))
+    with pytest.raises(ValueError, match=r"got values in \[-1, 1\]"):
+        model(torch.tensor([[[-1, 1]]]))
+    with pytest.raises(ValueError, match=r"shape \[batch, height, width\]"):
+        model(_codes((4, 4)))
+    with pytest.raises(TypeError, match="integer tensor"):
+        model(torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="unconditional"):
+        model(_codes((1, 3, 3)), torch.tensor([0]))
+
+    conditional = _model(num_classes=3)
+    with pytest.raises(ValueError, match="labels of shape \\[2\\] are required"):
+        conditional(_codes((2, 3, 3)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        conditional(_codes((2, 3, 3)), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"labels must have shape \[2\]"):
+        conditional(_codes((2, 3, 3)), torch.tensor([0]))
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        conditional(_codes((2, 3, 3)), torch.tensor([0.0, 1.0]))
+
+
+# -------------------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"num_classes": 3, "kernel_size": 5, "num_layers": 3},
+        {"num_embeddings": 16, "channels": 12, "num_layers": 6, "dropout": 0.2},
+    ],
+)
+def test_incremental_logits_equal_forward(kwargs):
+    model = _model(**kwargs)
+    codes = _codes((3, 6, 7), model.num_embeddings)
+    labels = torch.tensor([0, 2, 1]) if "num_classes" in kwargs else None
+    with torch.no_grad():
+        expected = model(codes, labels)
+    actual = incremental_logits(model, codes, labels)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_incremental_logits_equal_forward_default_model():
+    model = GatedPixelCNN(num_embeddings=32).eval()
+    codes = _codes((2, 5, 6), 32)
+    with torch.no_grad():
+        expected = model(codes)
+    torch.testing.assert_close(incremental_logits(model, codes), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_sample_codes_matches_naive(num_classes):
+    model = _model(num_classes=num_classes)
+    labels = torch.tensor([0, 1, 2, 1]) if num_classes else None
+    fast = sample_codes(model, 4, (5, 6), labels=labels, generator=torch.Generator().manual_seed(3))
+    naive = sample_codes_naive(model, 4, (5, 6), labels=labels, generator=torch.Generator().manual_seed(3))
+    assert fast.shape == (4, 5, 6) and fast.dtype == torch.long
+    assert torch.equal(fast, naive)
+    assert fast.min() >= 0 and fast.max() < K
+    again = sample_codes(model, 4, (5, 6), labels=labels, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fast, again)
+    other = sample_codes(model, 4, (5, 6), labels=labels, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(fast, other)
+
+
+def test_low_temperature_is_greedy():
+    model = _model()
+    first = sample_codes(model, 2, (4, 4), temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    second = sample_codes(model, 2, (4, 4), temperature=1e-6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, second)
+    assert torch.equal(first, model(first).argmax(dim=1))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_completion_keeps_the_given_codes_outside_the_region(per_sample):
+    model = _model(num_layers=3)
+    initial = _codes((3, 6, 6))
+    region = torch.zeros(6, 6, dtype=torch.bool)
+    region[2:5, 1:4] = True
+    if per_sample:
+        region = region.expand(3, 6, 6).clone()
+        region[1] = False  # the second grid is kept whole
+    completed = complete_codes(model, initial, region, generator=torch.Generator().manual_seed(0))
+    region = region.expand(3, 6, 6)
+    assert torch.equal(completed[~region], initial[~region])
+    assert not torch.equal(completed[region], initial[region])
+    naive = sample_codes_naive(
+        model, 3, (6, 6), generator=torch.Generator().manual_seed(0), initial=initial, region=region
+    )
+    assert torch.equal(completed, naive)
+    assert torch.equal(initial, _codes((3, 6, 6)))  # the input is not modified
+
+
+def test_empty_region_returns_the_initial_codes():
+    model = _model()
+    initial = _codes((2, 3, 3))
+    completed = complete_codes(model, initial, torch.zeros(3, 3, dtype=torch.bool))
+    assert torch.equal(completed, initial)
+
+
+def test_sampling_uses_eval_mode_and_restores_the_mode():
+    model = _model(dropout=0.5).train()
+    first = sample_codes(model, 2, (4, 4), generator=torch.Generator().manual_seed(0))
+    assert model.training
+    second = sample_codes_naive(model, 2, (4, 4), generator=torch.Generator().manual_seed(0))
+    assert model.training
+    assert torch.equal(first, second)  # dropout off in both, or they could not agree
+    model.eval()
+    sample_codes(model, 1, (2, 2))
+    assert not model.training
+
+
+def test_progress_bar(capsys):
+    sample_codes(_model(), 1, (3, 3), progress=True)
+    assert "sampling codes" in capsys.readouterr().err
+
+
+def test_incremental_state_steps_and_pushes():
+    model = _model()
+    codes = _codes((2, 3, 4))
+    state = IncrementalState(model, 2, (3, 4))
+    with torch.no_grad():
+        expected = model(codes)
+        for i in range(3):
+            for j in range(4):
+                assert state.next_position == (i, j)
+                if (i + j) % 2 == 0:  # steps may be skipped: the caches catch up lazily
+                    torch.testing.assert_close(state.step(), expected[:, :, i, j], rtol=0, atol=1e-5)
+                state.push(codes[:, i, j])
+        assert state.done and torch.equal(state.codes, codes)
+        with pytest.raises(RuntimeError, match="complete"):
+            state.step()
+    with pytest.raises(ValueError, match="one code per sample"):
+        IncrementalState(model, 2, (3, 4)).push(torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 5\)"):
+        IncrementalState(model, 2, (3, 4)).push(torch.tensor([1, 7]))
+
+
+def test_bad_sampling_arguments():
+    model = _model()
+    for temperature in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            sample_codes(model, 1, (2, 2), temperature=temperature)
+    with pytest.raises(ValueError, match="num_samples"):
+        sample_codes(model, 0, (2, 2))
+    with pytest.raises(ValueError, match="grid"):
+        sample_codes(model, 1, (2, 0))
+    with pytest.raises(ValueError, match="grid"):
+        sample_codes_naive(model, 1, 4)
+    with pytest.raises(ValueError, match="both initial"):
+        sample_codes(model, 1, (2, 2), initial=_codes((1, 2, 2)))
+    with pytest.raises(ValueError, match="both initial"):
+        sample_codes(model, 1, (2, 2), region=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="initial must have shape"):
+        sample_codes(model, 2, (2, 2), initial=_codes((1, 2, 2)), region=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="region must have shape"):
+        complete_codes(model, _codes((1, 2, 2)), torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool tensor"):
+        complete_codes(model, _codes((1, 2, 2)), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 5\)"):
+        complete_codes(model, torch.full((1, 2, 2), 9), torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="labels of shape"):
+        sample_codes(_model(num_classes=2), 1, (2, 2))
