@@ -29,9 +29,14 @@ from cached inputs, see :meth:`GatedPixelCNNLayer.vertical_step` and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from oasis_gen.errors import CheckpointError
+from oasis_gen.networks.spec import ModelSpec, read_checkpoint
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNLayer", "PixelCNNOutputHead"]
 
@@ -431,3 +436,47 @@ def _check_kernel_size(kernel_size: int) -> None:
         or kernel_size % 2 == 0
     ):
         raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+
+
+def pixelcnn_spec(
+    num_embeddings: int,
+    grid_size: int,
+    channels: int = 64,
+    num_layers: int = 12,
+    kernel_size: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.0,
+    out_channels_hidden: int | None = None,
+    vqvae_checkpoint: str | None = None,
+    vqvae_sha256: str | None = None,
+) -> ModelSpec:
+    """The prior's architecture plus the VQ-VAE it models (path and hash), as saved in its checkpoints."""
+    spec = ModelSpec(num_embeddings=int(num_embeddings), grid_size=int(grid_size), channels=int(channels),
+                     num_layers=int(num_layers), kernel_size=int(kernel_size),
+                     num_classes=None if num_classes is None else int(num_classes), dropout=float(dropout),
+                     out_channels_hidden=None if out_channels_hidden is None else int(out_channels_hidden),
+                     vqvae_checkpoint=vqvae_checkpoint, vqvae_sha256=vqvae_sha256)
+    pixelcnn_from_spec(spec)  # validates the sizes now, with clear errors
+    return spec
+
+
+def pixelcnn_from_spec(spec: ModelSpec | dict) -> GatedPixelCNN:
+    """Build the Gated PixelCNN a spec describes."""
+    s = spec.values if isinstance(spec, ModelSpec) else dict(spec)
+    return GatedPixelCNN(num_embeddings=s["num_embeddings"], channels=s["channels"], num_layers=s["num_layers"],
+                         kernel_size=s["kernel_size"], num_classes=s["num_classes"], dropout=s["dropout"],
+                         out_channels_hidden=s["out_channels_hidden"])
+
+
+def load_pixelcnn(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, ModelSpec]:
+    """Rebuild a trained prior from its checkpoint (architecture and weights), in eval mode."""
+    state = read_checkpoint(path)
+    if "spec" not in state or "model" not in state or "num_layers" not in state["spec"]:
+        raise CheckpointError(path, f"not a Gated PixelCNN checkpoint of oasis-gen (keys: {sorted(state)})")
+    spec = ModelSpec(**state["spec"])
+    network = pixelcnn_from_spec(spec)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(path, f"weights do not match the architecture saved with them: {err}") from None
+    return network.to(device).eval(), spec

@@ -10,29 +10,15 @@ import torch
 from monai.networks.nets import VQVAE
 
 from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.networks.spec import ModelSpec, read_checkpoint
 
 # stride 2, kernel 4, dilation 1, padding 1: each level halves the grid exactly
 DOWNSAMPLE = (2, 4, 1, 1)
 UPSAMPLE = (2, 4, 1, 1, 0)
 
 
-class VQVAESpec:
-    """The architecture of a VQ-VAE as plain values, saved in checkpoints so a model is rebuilt exactly.
-
-    It behaves like a module for checkpoint handlers (``state_dict`` / ``load_state_dict``).
-    """
-
-    def __init__(self, **values: Any):
-        self.values = dict(values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.values)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.values = dict(state)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+# kept as the name the configs and checkpoints of the VQ-VAE use
+VQVAESpec = ModelSpec
 
 
 def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[int]:
@@ -108,20 +94,6 @@ def vqvae_from_spec(spec: VQVAESpec | Mapping[str, Any]) -> VQVAE:
         num_embeddings=s["num_embeddings"], embedding_dim=s["embedding_dim"],
         commitment_cost=s["commitment_cost"], decay=s["decay"], output_act=s["output_act"],
     )
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (weights only); a missing or corrupt file gives a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "checkpoint not found (train the VQ-VAE first, or check the path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(path, f"not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(path, f"not an oasis-gen checkpoint (holds a {type(state).__name__})")
-    return state
 
 
 def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAESpec]:

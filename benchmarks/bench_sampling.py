@@ -1,0 +1,249 @@
+"""Time the naive and the incremental Gated PixelCNN samplers and report the speed-up.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_sampling.py [--samples 64 --grid 32 --K 256 --naive-positions 32 ...]
+
+The incremental sampler (:func:`oasis_gen.sampling.sample_codes`) is timed over the full grid. The naive
+one (:func:`oasis_gen.sampling.sample_codes_naive`) runs the whole network on the whole grid for every
+position, so each of its steps costs the same: it is timed over the first ``--naive-positions`` raster
+positions (a completion whose region is exactly those positions) and extrapolated linearly to the full grid,
+which the report states. Both samplers are also checked to draw the same codes on the timed positions.
+
+Writes ``<out-dir>/sampling.md`` (a Markdown table) and ``<out-dir>/sampling.json``, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from oasis_gen.networks.pixelcnn import GatedPixelCNN
+from oasis_gen.sampling import sample_codes, sample_codes_naive
+
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"32"`` -> ``(32, 32)``; ``"32x24"`` -> ``(32, 24)``."""
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must be N or HxW, got {text!r}") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"grid must be N or HxW with sizes >= 1, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=64, help="grids sampled together (default: 64)")
+    parser.add_argument("--grid", type=parse_grid, default=(32, 32), help="N or HxW code grid (default: 32)")
+    parser.add_argument("--K", type=int, default=256, help="number of codes (default: 256)")
+    parser.add_argument("--channels", type=int, default=64, help="GatedPixelCNN channels (default: 64)")
+    parser.add_argument("--layers", type=int, default=12, help="GatedPixelCNN layers (default: 12)")
+    parser.add_argument("--kernel-size", type=int, default=3, help="GatedPixelCNN kernel size (default: 3)")
+    parser.add_argument(
+        "--naive-positions",
+        type=int,
+        default=None,
+        help="raster positions over which the naive sampler is timed, then extrapolated (default: one row; "
+        "the full grid if >= H*W)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the incremental sampler")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    return parser.parse_args(argv)
+
+
+def machine_info() -> dict[str, object]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_at_start": [round(value, 2) for value in load] if load else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def first_positions(grid: tuple[int, int], count: int) -> torch.Tensor:
+    """Bool mask ``[H, W]`` of the first ``count`` positions in raster order."""
+    height, width = grid
+    region = torch.zeros(height * width, dtype=torch.bool)
+    region[:count] = True
+    return region.view(height, width)
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    machine = machine_info()  # before the timings: the load average is the one they started under
+    height, width = args.grid
+    positions = height * width
+    naive_positions = min(args.naive_positions or width, positions)
+
+    torch.manual_seed(args.seed)
+    model = GatedPixelCNN(
+        num_embeddings=args.K, channels=args.channels, num_layers=args.layers, kernel_size=args.kernel_size
+    ).eval()
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    print(
+        f"GatedPixelCNN K={args.K} channels={args.channels} layers={args.layers} kernel={args.kernel_size}: "
+        f"{parameters:,} parameters; {args.samples} samples of {height}x{width}",
+        flush=True,
+    )
+
+    # warm-up: one-off allocations and kernel selection out of the timings
+    sample_codes(model, args.samples, (1, min(width, 4)))
+    with torch.no_grad():
+        model(torch.zeros(args.samples, height, width, dtype=torch.long))
+
+    incremental_times = []
+    for repeat in range(args.repeats):
+        generator = torch.Generator().manual_seed(args.seed)
+        seconds, _ = timed(lambda g=generator: sample_codes(model, args.samples, args.grid, generator=g))
+        incremental_times.append(seconds)
+        print(f"incremental, full grid, run {repeat + 1}/{args.repeats}: {seconds:.2f} s", flush=True)
+    incremental = statistics.median(incremental_times)
+
+    # the naive sampler over the first positions only: a completion whose region is exactly those positions
+    zeros = torch.zeros(args.samples, height, width, dtype=torch.long)
+    region = first_positions(args.grid, naive_positions)
+    naive_seconds, naive_codes = timed(
+        lambda: sample_codes_naive(
+            model,
+            args.samples,
+            args.grid,
+            generator=torch.Generator().manual_seed(args.seed),
+            initial=zeros,
+            region=region,
+        )
+    )
+    print(f"naive, {naive_positions} positions: {naive_seconds:.2f} s", flush=True)
+    naive_per_position = naive_seconds / naive_positions
+    naive_full = naive_per_position * positions
+    extrapolated = naive_positions < positions
+
+    fast_codes = sample_codes(
+        model,
+        args.samples,
+        args.grid,
+        generator=torch.Generator().manual_seed(args.seed),
+        initial=zeros,
+        region=region,
+    )
+    agree = bool(torch.equal(fast_codes, naive_codes))
+
+    return {
+        "config": {
+            "samples": args.samples,
+            "grid": [height, width],
+            "K": args.K,
+            "channels": args.channels,
+            "layers": args.layers,
+            "kernel_size": args.kernel_size,
+            "parameters": parameters,
+            "seed": args.seed,
+        },
+        "machine": machine,
+        "incremental": {
+            "positions_timed": positions,
+            "seconds_median": incremental,
+            "seconds_runs": incremental_times,
+            "ms_per_position": 1000 * incremental / positions,
+        },
+        "naive": {
+            "positions_timed": naive_positions,
+            "seconds_timed": naive_seconds,
+            "ms_per_position": 1000 * naive_per_position,
+            "seconds_full_grid": naive_full,
+            "extrapolated": extrapolated,
+        },
+        "speedup": naive_full / incremental,
+        "same_codes_on_timed_positions": agree,
+    }
+
+
+def markdown(result: dict) -> str:
+    config, machine = result["config"], result["machine"]
+    incremental, naive = result["incremental"], result["naive"]
+    height, width = config["grid"]
+    positions = height * width
+    naive_how = (
+        f"naive extrapolated from {naive['positions_timed']} positions"
+        if naive["extrapolated"]
+        else "measured over the full grid"
+    )
+    runs = ", ".join(f"{seconds:.2f}" for seconds in incremental["seconds_runs"])
+    lines = [
+        "# PixelCNN sampling: naive vs incremental",
+        "",
+        f"{config['samples']} samples of a {height}x{width} code grid, K={config['K']}, GatedPixelCNN "
+        f"channels={config['channels']}, layers={config['layers']}, kernel_size={config['kernel_size']} "
+        f"({config['parameters']:,} parameters).",
+        "",
+        "| sampler | positions timed | time timed (s) | ms / position | full grid (s) | note |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| naive (`sample_codes_naive`) | {naive['positions_timed']} | {naive['seconds_timed']:.2f} | "
+        f"{naive['ms_per_position']:.1f} | {naive['seconds_full_grid']:.1f} | {naive_how} |",
+        f"| incremental (`sample_codes`) | {positions} | {incremental['seconds_median']:.2f} | "
+        f"{incremental['ms_per_position']:.2f} | {incremental['seconds_median']:.2f} | "
+        f"median of {len(incremental['seconds_runs'])} runs ({runs} s) |",
+        "",
+        f"**Speed-up: {result['speedup']:.0f}x** (naive full grid / incremental full grid).",
+        "",
+        "Both samplers drew the same codes on the timed positions from the same seed: "
+        f"{'yes' if result['same_codes_on_timed_positions'] else 'NO'}.",
+        "",
+        f"Machine: {machine['cpu_count']} CPUs ({machine['cpus_usable']} usable), torch {machine['torch']} "
+        f"with {machine['torch_threads']} thread(s), Python {machine['python']}, {machine['platform']}; "
+        f"load average at start {machine['load_average_at_start']}; {machine['date']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    report = markdown(result)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "sampling.md").write_text(report)
+    (args.out_dir / "sampling.json").write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report)
+    print(f"written: {args.out_dir / 'sampling.md'}, {args.out_dir / 'sampling.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Architectures saved beside weights, and safe checkpoint reading, shared by every network of the project."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oasis_gen.errors import CheckpointError
+
+
+class ModelSpec:
+    """A network's architecture as plain values, saved in checkpoints so a model is rebuilt exactly.
+
+    It behaves like a module for checkpoint handlers (``state_dict`` / ``load_state_dict``).
+    """
+
+    def __init__(self, **values: Any):
+        self.values = dict(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.values = dict(state)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (weights only); a missing or corrupt file gives a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint not found (train that model first, or check the path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(path, f"not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"not an oasis-gen checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (ties derived data, such as cached codes, to the checkpoint they came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
