@@ -41,7 +41,7 @@ def build_vqvae(
     embedding_dim: int = 32,
     commitment_cost: float = 0.25,
     decay: float = 0.99,
-    output_act: str | None = "sigmoid",
+    output_act: str | None = None,
 ) -> VQVAE:
     """Build MONAI's 2D VQ-VAE for square single-channel images; the code grid is image_size / 2**num_downsamplings."""
     spec = vqvae_spec(image_size, num_downsamplings, channels, num_res_layers, num_res_channels, num_embeddings,
@@ -59,7 +59,7 @@ def vqvae_spec(
     embedding_dim: int = 32,
     commitment_cost: float = 0.25,
     decay: float = 0.99,
-    output_act: str | None = "sigmoid",
+    output_act: str | None = None,
 ) -> VQVAESpec:
     """Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work)."""
     if int(num_downsamplings) < 1:
