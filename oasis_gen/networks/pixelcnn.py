@@ -35,8 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from oasis_gen.errors import CheckpointError
-from oasis_gen.networks.spec import ModelSpec, read_checkpoint
+from oasis_gen.networks.spec import ModelSpec, load_network
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNLayer", "PixelCNNOutputHead"]
 
@@ -470,13 +469,4 @@ def pixelcnn_from_spec(spec: ModelSpec | dict) -> GatedPixelCNN:
 
 def load_pixelcnn(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, ModelSpec]:
     """Rebuild a trained prior from its checkpoint (architecture and weights), in eval mode."""
-    state = read_checkpoint(path)
-    if "spec" not in state or "model" not in state or "num_layers" not in state["spec"]:
-        raise CheckpointError(path, f"not a Gated PixelCNN checkpoint of oasis-gen (keys: {sorted(state)})")
-    spec = ModelSpec(**state["spec"])
-    network = pixelcnn_from_spec(spec)
-    try:
-        network.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(path, f"weights do not match the architecture saved with them: {err}") from None
-    return network.to(device).eval(), spec
+    return load_network(path, pixelcnn_from_spec, "Gated PixelCNN", "num_layers", device)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from oasis_gen.errors import CheckpointError
 
@@ -55,3 +56,21 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_network(path: str | Path, build: Callable[[ModelSpec], nn.Module], kind: str, marker: str,
+                 device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a trained network from its checkpoint (architecture from ``spec``, then weights), in eval mode.
+
+    ``marker`` is a spec key only this kind of network has, so another model's checkpoint is refused by name.
+    """
+    state = read_checkpoint(path)
+    if "spec" not in state or "model" not in state or marker not in state["spec"]:
+        raise CheckpointError(path, f"not a {kind} checkpoint of oasis-gen (keys: {sorted(state)})")
+    spec = ModelSpec(**state["spec"])
+    network = build(spec)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(path, f"weights do not match the architecture saved with them: {err}") from None
+    return network.to(device).eval(), spec

@@ -9,16 +9,14 @@ from typing import Any
 import torch
 from monai.networks.nets import VQVAE
 
-from oasis_gen.errors import CheckpointError, ConfigError
-from oasis_gen.networks.spec import ModelSpec, read_checkpoint
+from oasis_gen.errors import ConfigError
+from oasis_gen.networks.spec import ModelSpec, load_network
 
 # stride 2, kernel 4, dilation 1, padding 1: each level halves the grid exactly
 DOWNSAMPLE = (2, 4, 1, 1)
 UPSAMPLE = (2, 4, 1, 1, 0)
 
 
-# kept as the name the configs and checkpoints of the VQ-VAE use
-VQVAESpec = ModelSpec
 
 
 def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[int]:
@@ -31,22 +29,9 @@ def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[
     return widths
 
 
-def build_vqvae(
-    image_size: int = 128,
-    num_downsamplings: int = 2,
-    channels: int | Sequence[int] = (32, 64),
-    num_res_layers: int = 1,
-    num_res_channels: int | Sequence[int] | None = None,
-    num_embeddings: int = 256,
-    embedding_dim: int = 32,
-    commitment_cost: float = 0.25,
-    decay: float = 0.99,
-    output_act: str | None = None,
-) -> VQVAE:
-    """Build MONAI's 2D VQ-VAE for square single-channel images; the code grid is image_size / 2**num_downsamplings."""
-    spec = vqvae_spec(image_size, num_downsamplings, channels, num_res_layers, num_res_channels, num_embeddings,
-                      embedding_dim, commitment_cost, decay, output_act)
-    return vqvae_from_spec(spec)
+def build_vqvae(**sizes: Any) -> VQVAE:
+    """Build MONAI's 2D VQ-VAE for square one-channel slices from :func:`vqvae_spec`'s sizes (validated)."""
+    return vqvae_from_spec(vqvae_spec(**sizes))
 
 
 def vqvae_spec(
@@ -60,7 +45,7 @@ def vqvae_spec(
     commitment_cost: float = 0.25,
     decay: float = 0.99,
     output_act: str | None = None,
-) -> VQVAESpec:
+) -> ModelSpec:
     """Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work)."""
     if int(num_downsamplings) < 1:
         raise ConfigError("num_downsamplings", f"must be at least 1, not {num_downsamplings}")
@@ -74,7 +59,7 @@ def vqvae_spec(
         raise ConfigError("embedding_dim", f"must be positive, not {embedding_dim}")
     widths = channel_list(channels, int(num_downsamplings))
     res_widths = widths if num_res_channels is None else channel_list(num_res_channels, int(num_downsamplings))
-    return VQVAESpec(
+    return ModelSpec(
         image_size=int(image_size), num_downsamplings=int(num_downsamplings), channels=widths,
         num_res_layers=int(num_res_layers), num_res_channels=res_widths, num_embeddings=int(num_embeddings),
         embedding_dim=int(embedding_dim), commitment_cost=float(commitment_cost), decay=float(decay),
@@ -82,9 +67,9 @@ def vqvae_spec(
     )
 
 
-def vqvae_from_spec(spec: VQVAESpec | Mapping[str, Any]) -> VQVAE:
+def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE:
     """Build the VQ-VAE a spec describes."""
-    s = spec.values if isinstance(spec, VQVAESpec) else dict(spec)
+    s = spec.values if isinstance(spec, ModelSpec) else dict(spec)
     levels = s["num_downsamplings"]
     return VQVAE(
         spatial_dims=2, in_channels=1, out_channels=1,
@@ -96,15 +81,6 @@ def vqvae_from_spec(spec: VQVAESpec | Mapping[str, Any]) -> VQVAE:
     )
 
 
-def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAESpec]:
+def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, ModelSpec]:
     """Rebuild a trained VQ-VAE from its checkpoint (architecture and weights), in eval mode."""
-    state = read_checkpoint(path)
-    if "spec" not in state or "model" not in state:
-        raise CheckpointError(path, f"not a VQ-VAE checkpoint of oasis-gen (keys: {sorted(state)})")
-    spec = VQVAESpec(**state["spec"])
-    network = vqvae_from_spec(spec)
-    try:
-        network.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(path, f"weights do not match the architecture saved with them: {err}") from None
-    return network.to(device).eval(), spec
+    return load_network(path, vqvae_from_spec, "VQ-VAE", "num_downsamplings", device)

@@ -1,0 +1,86 @@
+"""Memory of an OASIS-sized cached train split: 9,664 slices at 256x256, cached as uint8, float16 and float32.
+
+Writes 9,664 real 256x256 8-bit PNGs in the OASIS layout (brain-like ellipses, so nothing is special-cased),
+builds the project's CacheDataset over them in a fresh process per dtype, and reports the bytes held by the cached
+tensors and the growth of the process's resident memory.
+
+    .venv/bin/python benchmarks/cache_memory.py [--slices 9664] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+MEASURE = """
+import json, resource, sys, time
+from oasis_gen.data import build_cache_dataset, cache_nbytes, check_dataset, train_transforms
+report = check_dataset(sys.argv[1], required_splits=['train'], progress=False)
+records = report.usable()['train']
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+dataset = build_cache_dataset(records, train_transforms(int(sys.argv[2]), sys.argv[3]), progress=False)
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"slices": len(dataset), "cache_bytes": cache_nbytes(dataset),
+                  "rss_growth_bytes": (after - before) * 1024, "seconds": seconds}))
+"""
+
+
+def write_slices(root: Path, count: int, size: int) -> None:
+    """Write count brain-like 8-bit PNG slices in the OASIS train folder (skipped if already there)."""
+    folder = root / "keras_png_slices_train"
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == count:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    for i in range(count):
+        subject, k = divmod(i, 32)
+        inside = (yy / (0.3 + 0.05 * rng.random())) ** 2 + (xx / (0.25 + 0.05 * rng.random())) ** 2 < 1
+        pixels = np.where(inside, 80 + 150 * rng.random((size, size)), 0).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"case_{subject:03d}_slice_{k}.nii.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=9664)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--work", default="runs/benchmarks/oasis_sized")
+    args = parser.parse_args()
+    root = ROOT / args.work
+    start = time.perf_counter()
+    write_slices(root, args.slices, args.size)
+    print(f"{args.slices} slices ready in {time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    for dtype in ("uint8", "float16", "float32"):
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(root), str(args.size), dtype], capture_output=True,
+                             text=True, check=True)
+        row = {"cache_dtype": dtype, **json.loads(out.stdout.strip().splitlines()[-1])}
+        rows.append(row)
+        print(row, flush=True)
+    gib = 1024**3
+    lines = [f"# Cache memory: {args.slices} slices at {args.size}x{args.size} (the OASIS train split's size)", "",
+             "Command: `.venv/bin/python benchmarks/cache_memory.py`", "",
+             "| cache dtype | cached tensors (GiB) | process RSS growth (GiB) | caching time (s) |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {r['cache_dtype']} | {r['cache_bytes'] / gib:.2f} | {r['rss_growth_bytes'] / gib:.2f} | "
+              f"{r['seconds']:.0f} |" for r in rows]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cache_memory.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "cache_memory.json").write_text(json.dumps(rows, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
