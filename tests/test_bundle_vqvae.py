@@ -152,6 +152,8 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
         ({"dataset_dir": "/nonexistent/oasis"}, "/nonexistent/oasis: dataset folder not found"),
         ({"image_size": 30}, "image_size': 30 is not divisible by 2**num_downsamplings = 4"),
         ({"reconstruction_loss": "l3"}, "reconstruction loss must be one of"),
+        ({"max_epoch": 3}, "config 'max_epoch': the config has no such setting (given as --max_epoch); did you mean "
+                           "--max_epochs?"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_message(tiny_data, tmp_path, overrides, message):
