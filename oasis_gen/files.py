@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+TEMPORARY_SUFFIX = ".partial"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a leftover of an interrupted atomic write (safe to delete)."""
+    return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside path; on success it replaces path, on error it is removed."""
+    """Yield a temporary path beside path; on success it replaces path, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # Not tempfile.mkstemp: its files are private (0600) and stay so after the rename, while outputs must be
+    # readable as the umask allows. The leading dot hides it from "*.png" globs; pid and random part keep two
+    # writers apart.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}")
     try:
-        yield Path(tmp)
-        # mkstemp makes owner-only files; results are meant to be shared like any other output
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -31,10 +38,3 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

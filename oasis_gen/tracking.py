@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,52 @@ def data_params(report: Any) -> dict[str, Any]:
         params[f"data.{split}.subjects"] = summary.subjects
     params["data.problems"] = len(report.problems)
     return params
+
+
+def log_run(
+    tracking_uri: str | None,
+    experiment_name: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Sequence[str | Path | tuple[str | Path, str | None]] = (),
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Record a finished piece of work that has no engine (e.g. sampling) as one MLflow run; return its id.
+
+    The experiment is created if missing, with its artifacts beside a local store (:func:`artifact_location`).
+    ``artifacts`` are files or folders, each optionally paired with the artifact folder to log it under. The run
+    is marked FAILED if logging breaks half-way, FINISHED otherwise.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
+        except MlflowException:  # created by another process in the meantime
+            experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        fresh = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]
+        values = [Metric(str(k), float(v), now, 0) for k, v in (metrics or {}).items()]
+        for start in range(0, max(len(fresh), len(values)), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=fresh[start:start + 100], metrics=values[start:start + 100])
+        for item in artifacts:
+            path, folder = item if isinstance(item, tuple) else (item, None)
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=folder)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=folder)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

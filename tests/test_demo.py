@@ -17,6 +17,7 @@ from PIL import Image
 import oasis_gen
 from oasis_gen.data import demo
 from oasis_gen.data.demo import MANIFEST_NAME, SPLIT_DIRS, SPLITS, build_demo_cohort
+from oasis_gen.pictures import save_png
 
 # Tiny but complete: every split gets a subject, and the slices still show brain.
 TINY = {"subjects": 4, "size": 32, "slices_per_subject": 4, "progress": False}
@@ -230,7 +231,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(Image.Image, "save", broken_save)
     target = tmp_path / "case_001_slice_0.nii.png"
     with pytest.raises(OSError, match="disk full"):
-        demo._write_png(np.zeros((16, 16), np.uint8), target)
+        save_png(np.zeros((16, 16), np.uint8), target)
     assert list(tmp_path.iterdir()) == []
 
 

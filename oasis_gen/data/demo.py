@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -22,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from oasis_gen import __version__
+from oasis_gen.files import is_temporary, write_text
+from oasis_gen.pictures import save_png
+from oasis_gen.threads import torch_threads
 
 __all__ = ["build_demo_cohort", "demo_dataset", "SPLITS", "SPLIT_DIRS", "MANIFEST_NAME"]
 
@@ -38,8 +39,6 @@ MANIFEST_NAME = "manifest.json"
 # Bumped whenever the images change for the same arguments, so that an old cohort on disk is rebuilt.
 _RECIPE_VERSION = 1
 _CASE_PNG = re.compile(r"^case_\d{3,}_slice_\d+\.nii\.png$")
-# Leftovers of an interrupted atomic write (see _atomic_path); they are removed on the next rebuild.
-_TMP_PREFIX = ".oasis-demo-"
 
 # Room around the brain's bounding box, as a fraction of its longer in-plane side, so that the random
 # rotation, scaling and translation below do not push brain out of the frame (OASIS slices also keep a rim).
@@ -118,7 +117,9 @@ def build_demo_cohort(
     manifest_path.unlink(missing_ok=True)
     _remove_stale(out, expected)
 
-    with _single_thread(), _no_meta():
+    # a subject is a few MB handled by many short ops: on 2 cores shared with other work, one thread built 12
+    # subjects at 128 px in 6-7 s against 10-14 s with two, and a tiny test cohort in 0.14 s against 1.4 s
+    with torch_threads(1), _no_meta():
         image, mask, voxel_mm = _load_template(size)
         transforms = _make_transforms(tuple(image.shape[1:]), voxel_mm)
         split_of = {sid: name for name, ids in assignment.items() for sid in ids}
@@ -127,10 +128,10 @@ def build_demo_cohort(
             slices = _make_subject(image, mask, transforms, seed, index, slices_per_subject)
             folder = out / SPLIT_DIRS[split_of[sid]]
             for k, pixels in enumerate(slices):
-                _write_png(pixels, folder / _png_name(sid, k))
+                save_png(pixels, folder / _png_name(sid, k))
 
     manifest["elapsed_seconds"] = round(time.perf_counter() - start, 3)
-    _write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     logger.info("demo cohort written in %.1f s: %s", manifest["elapsed_seconds"], manifest["slices"])
     return manifest_path
 
@@ -327,22 +328,8 @@ def _remove_stale(out: Path, expected: dict[str, set[str]]) -> None:
             continue
         for entry in os.scandir(folder):
             stale_png = _CASE_PNG.match(entry.name) and entry.name not in expected[name]
-            if entry.is_file() and (stale_png or entry.name.startswith(_TMP_PREFIX)):
+            if entry.is_file() and (stale_png or is_temporary(entry.name)):
                 os.unlink(entry.path)
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the build, then restore the caller's setting."""
-    # A subject is a few MB handled by many short ops, where waking and joining a thread pool costs more than
-    # it saves: on 2 cores shared with other work, one thread built 12 subjects at 128 px in 6-7 s against
-    # 10-14 s with two, and a tiny test cohort in 0.14 s against 1.4 s.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -526,34 +513,6 @@ def _interpolate_planes(volume: torch.Tensor, planes: np.ndarray) -> torch.Tenso
     lower = volume.index_select(1, torch.from_numpy(below))
     upper = volume.index_select(1, torch.from_numpy(above))
     return torch.lerp(lower, upper, weight)
-
-
-@contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path next to `final` that replaces it on success and is removed on failure."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (0600) and would stay so after the rename, while a data set
-    # must be readable by the other users and containers that the umask allows. The dot hides the file from
-    # "*.png" globs; pid and random part keep two writers apart.
-    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write an 8-bit grayscale PNG atomically."""
-    with _atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-
-
-def _write_text(text: str, path: Path) -> None:
-    """Write a text file atomically."""
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def demo_dataset(out_dir: str | Path = "data/demo") -> str:

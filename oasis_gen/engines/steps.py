@@ -72,3 +72,27 @@ class ReconstructionInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         reconstruction, _ = network(inputs, *args, **kwargs)
         return reconstruction.float().clamp(0.0, 1.0)
+
+
+class PrepareCodeBatch(PrepareBatch):
+    """Move a batch of code grids to the device as int64 and pair them with themselves (the prior's target).
+
+    Returns ``(codes, codes)`` for an unconditional prior. For a conditional one it returns
+    ``(codes, codes, (), {"labels": labels})``: MONAI's trainers and evaluators unpack four items as inputs,
+    targets, args and kwargs, and their inferer calls ``network(codes, labels=labels)``.
+    """
+
+    def __init__(self, conditional: bool = False, codes_key: str = "codes", label_key: str = "label"):
+        self.conditional = bool(conditional)
+        self.codes_key = codes_key
+        self.label_key = label_key
+
+    def __call__(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
+        codes = torch.as_tensor(batchdata[self.codes_key]).to(device=device, non_blocking=non_blocking).long()
+        if not self.conditional:
+            return codes, codes
+        labels = torch.as_tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking).long()
+        return codes, codes, (), {"labels": labels}

@@ -1,0 +1,270 @@
+"""The VQ-VAE's discrete codes of every slice: what the PixelCNN prior learns from.
+
+Each split is encoded once through the VQ-VAE (eval mode, no gradients: in train mode MONAI's EMA quantizer
+would move its codebook) and cached as ``<cache_dir>/codes_<split>.pt``, tied to the VQ-VAE checkpoint by its
+SHA-256: later runs reuse the cache while the checkpoint and the split's slices are unchanged, and encode again
+when either changes. Grids are kept small (uint8 for codebooks of up to 256 codes, else int16).
+
+A prior record is ``{"codes": [g, g] integer tensor, "image": path, "subject": id, "slice": k, "label": b}``,
+where ``b`` is the slice-position bucket used by a conditional prior (0 for an unconditional one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import DataLoader, Dataset, MetaTensor
+from tqdm.auto import tqdm
+
+from oasis_gen.data.transforms import decode_intensity, eval_transforms
+from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.files import atomic_path
+from oasis_gen.networks.pixelcnn import pixelcnn_spec
+from oasis_gen.networks.spec import ModelSpec, file_sha256, read_checkpoint
+from oasis_gen.networks.vqvae import load_vqvae
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# spec entries that fix the prior's weights: a checkpoint that differs in one of them cannot be resumed
+ARCHITECTURE_KEYS = ("channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden")
+
+__all__ = [
+    "check_resume", "checkpoint_sha256", "class_count", "code_datasets", "code_dtype", "encode_codes",
+    "prior_records", "prior_spec", "slice_labels",
+]
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file; a missing one gives a CheckpointError naming it."""
+    if not Path(path).is_file():
+        raise CheckpointError(path, "checkpoint not found (train that model first, or check the path)")
+    return file_sha256(path)
+
+
+def code_dtype(num_embeddings: int) -> torch.dtype:
+    """The smallest integer dtype that holds codes ``0 .. num_embeddings - 1`` (uint8, int16 or int32)."""
+    if num_embeddings <= 256:
+        return torch.uint8
+    if num_embeddings <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+def encode_codes(
+    vqvae: torch.nn.Module,
+    dataset_or_records: torch.utils.data.Dataset | Sequence[Mapping[str, Any]],
+    image_size: int,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Encode slices to code grids with a VQ-VAE, in order.
+
+    Args:
+        vqvae: MONAI's VQ-VAE; run in eval mode without gradients (its previous mode is restored after).
+        dataset_or_records: slice records (``{"image": path, ...}``, loaded with the evaluation transforms at
+            ``image_size``) or a dataset yielding dicts whose ``"image"`` is an encoded (1, H, W) slice.
+        image_size: the VQ-VAE's input size.
+        batch_size: slices encoded together.
+        device: where the VQ-VAE runs.
+        progress: show a progress bar.
+
+    Returns:
+        ``[N, g, g]`` code indices on the CPU, as :func:`code_dtype` of the codebook size.
+    """
+    if isinstance(dataset_or_records, torch.utils.data.Dataset):
+        dataset = dataset_or_records
+    else:
+        dataset = Dataset(data=list(dataset_or_records), transform=eval_transforms(int(image_size), "uint8"))
+    quantizer = vqvae.quantizer.quantizer
+    dtype = code_dtype(int(quantizer.num_embeddings))
+    loader = DataLoader(dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=0)
+    grids: list[torch.Tensor] = []
+    was_training = vqvae.training
+    vqvae.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="encoding slices", unit="batch", disable=not progress):
+                images = batch["image"]
+                if isinstance(images, MetaTensor):  # plain tensors: the cache must load with weights_only
+                    images = images.as_tensor()
+                codes = vqvae.index_quantize(decode_intensity(torch.as_tensor(images).to(device)))
+                grids.append(torch.Tensor.as_subclass(codes, torch.Tensor).to("cpu", dtype))
+    finally:
+        vqvae.train(was_training)
+    if not grids:
+        return torch.zeros((0, 0, 0), dtype=dtype)
+    return torch.cat(grids)
+
+
+def class_count(value: Any, key: str = "num_classes") -> int | None:
+    """Read the number of slice-position buckets: None (or null/none/0 from the command line) or an int >= 1."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "0")):
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected null (unconditional) or a number of buckets, not {value!r}") from None
+    if isinstance(value, bool) or count != float(value) or count < 0:
+        raise ConfigError(key, f"expected null (unconditional) or a number of buckets >= 1, not {value!r}")
+    return count or None
+
+
+def slice_labels(records: Sequence[Mapping[str, Any]], num_classes: int | None) -> list[int]:
+    """The slice-position bucket of each record: its slice index scaled to ``num_classes`` buckets.
+
+    The scale is the range of slice indices of the record's subject (lowest: bucket 0, highest: bucket
+    ``num_classes - 1``), so buckets mean the same relative position for every subject. All 0 when
+    ``num_classes`` is None.
+    """
+    if not num_classes:
+        return [0] * len(records)
+    ranges: dict[str, tuple[int, int]] = {}
+    for record in records:
+        k = int(record.get("slice", 0))
+        low, high = ranges.get(str(record["subject"]), (k, k))
+        ranges[str(record["subject"])] = (min(low, k), max(high, k))
+    labels = []
+    for record in records:
+        low, high = ranges[str(record["subject"])]
+        position = (int(record.get("slice", 0)) - low) / (high - low + 1)
+        labels.append(min(int(position * num_classes), num_classes - 1))
+    return labels
+
+
+def _identity(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What ties cached codes to slices: each record's file, subject, slice (and axis, for volumes)."""
+    kept = []
+    for record in records:
+        entry = {"image": str(record["image"]), "subject": str(record["subject"]),
+                 "slice": int(record.get("slice", 0))}
+        if "axis" in record:
+            entry["axis"] = int(record["axis"])
+        kept.append(entry)
+    return kept
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
+    """A cache file's content, or None when it is missing or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: encode again
+        logger.warning("ignoring unreadable codes cache %s (%s: %s)", path, type(err).__name__, err)
+        return None
+    return cache if isinstance(cache, dict) and cache.get("format") == CACHE_FORMAT else None
+
+
+def prior_records(codes: torch.Tensor, slices: Sequence[Mapping[str, Any]], num_classes: int | None = None
+                  ) -> list[dict[str, Any]]:
+    """Pair code grids ``[N, g, g]`` with their slices' identity and slice-position bucket."""
+    labels = slice_labels(slices, num_classes)
+    return [{"codes": grid, "image": s["image"], "subject": s["subject"], "slice": s["slice"], "label": label}
+            for grid, s, label in zip(codes, slices, labels, strict=True)]
+
+
+def code_datasets(
+    vqvae_ckpt: str | Path,
+    records_by_split: Mapping[str, Sequence[Mapping[str, Any]]],
+    cache_dir: str | Path,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_classes: int | None = None,
+    vqvae: torch.nn.Module | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The prior's records of each split, encoding a split only when its cache is missing or stale.
+
+    Args:
+        vqvae_ckpt: the VQ-VAE checkpoint; its SHA-256 keys the cache.
+        records_by_split: slice records per split (as the dataset check returns them).
+        cache_dir: where ``codes_<split>.pt`` live.
+        batch_size: slices encoded together.
+        device: where the VQ-VAE runs.
+        progress: show progress bars while encoding.
+        num_classes: number of slice-position buckets for a conditional prior (None: every label is 0).
+        vqvae: the network of ``vqvae_ckpt`` when already loaded (else it is loaded when a split needs it).
+
+    Raises:
+        CheckpointError: the VQ-VAE checkpoint is missing or unreadable.
+    """
+    ckpt = Path(vqvae_ckpt)
+    sha256 = checkpoint_sha256(ckpt)
+    spec: ModelSpec | None = None
+    datasets: dict[str, list[dict[str, Any]]] = {}
+    for split, records in records_by_split.items():
+        path = Path(cache_dir) / f"codes_{split}.pt"
+        slices = _identity(records)
+        cache = _read_cache(path)
+        if cache is not None and cache.get("vqvae_sha256") == sha256 and cache.get("records") == slices:
+            logger.info("reusing cached codes of the %s split (%d grids) from %s", split, len(slices), path)
+            datasets[split] = prior_records(cache["codes"], slices, num_classes)
+            continue
+        if cache is None:
+            reason = "no cache yet"
+        elif cache.get("vqvae_sha256") != sha256:
+            reason = "the VQ-VAE checkpoint changed since the cache was made"
+        else:
+            reason = "the split's slices changed since the cache was made"
+        logger.info("encoding the %s split (%d slices) with %s into %s (%s)", split, len(slices), ckpt, path, reason)
+        if vqvae is None:
+            vqvae, spec = load_vqvae(ckpt, device)
+        elif spec is None:
+            spec = ModelSpec(**read_checkpoint(ckpt).get("spec", {}))
+            if "image_size" not in spec.values:
+                raise CheckpointError(ckpt, "not a VQ-VAE checkpoint of oasis-gen (no VQ-VAE spec saved)")
+        codes = encode_codes(vqvae, records, spec["image_size"], batch_size, device, progress)
+        with atomic_path(path) as tmp:
+            torch.save({"format": CACHE_FORMAT, "codes": codes, "records": slices, "vqvae_checkpoint": str(ckpt),
+                        "vqvae_sha256": sha256, "spec": spec.state_dict()}, tmp)
+        datasets[split] = prior_records(codes, slices, num_classes)
+    return datasets
+
+
+def prior_spec(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_checkpoint: str | Path, vqvae_sha256: str,
+               **architecture: Any) -> ModelSpec:
+    """The prior's spec for a VQ-VAE (its K and grid), with sizes that cannot work reported as a ConfigError."""
+    vq = vqvae_spec.values if isinstance(vqvae_spec, ModelSpec) else dict(vqvae_spec)
+    if "num_classes" in architecture:
+        architecture["num_classes"] = class_count(architecture["num_classes"])
+    try:
+        return pixelcnn_spec(num_embeddings=vq["num_embeddings"], grid_size=vq["grid_size"],
+                             vqvae_checkpoint=str(vqvae_checkpoint), vqvae_sha256=vqvae_sha256, **architecture)
+    except (TypeError, ValueError) as err:
+        # the network's checks start with the argument's name ("kernel_size must be ...")
+        key = str(err).split()[0] if str(err).split() else "prior"
+        raise ConfigError(key if key in architecture else "prior", str(err)) from None
+
+
+def check_resume(resume_path: str | Path | None, vqvae_checkpoint: str | Path,
+                 spec: ModelSpec | Mapping[str, Any]) -> None:
+    """Refuse to resume a prior checkpoint made for other codes (another K or grid) or another architecture.
+
+    Training on with the same sizes but codes of a re-trained VQ-VAE is allowed, with a warning.
+    """
+    if not resume_path:
+        return
+    saved = read_checkpoint(resume_path).get("spec")
+    if not isinstance(saved, Mapping) or "num_layers" not in saved:
+        raise CheckpointError(resume_path, "not a Gated PixelCNN checkpoint of oasis-gen (no prior spec saved)")
+    wanted = spec.values if isinstance(spec, ModelSpec) else dict(spec)
+    for key, what in (("num_embeddings", "K={} codes"), ("grid_size", "{0}x{0} code grids")):
+        if saved.get(key) != wanted[key]:
+            raise CheckpointError(resume_path, f"prior checkpoint models {what.format(saved.get(key))} but the "
+                                               f"VQ-VAE {vqvae_checkpoint} has {what.format(wanted[key])}; "
+                                               "use another output_dir (or resume false) to train a new prior")
+    changed = [f"{k}={saved.get(k)!r} (config: {wanted.get(k)!r})" for k in ARCHITECTURE_KEYS
+               if saved.get(k) != wanted.get(k)]
+    if changed:
+        raise ConfigError("resume", f"{resume_path} was trained with {', '.join(changed)}; keep those values, "
+                                    "or use another output_dir (or resume false) to train a new prior")
+    if saved.get("vqvae_sha256") and saved.get("vqvae_sha256") != wanted.get("vqvae_sha256"):
+        logger.warning("%s was trained on the codes of another VQ-VAE checkpoint (sha256 %s..., now %s...): its "
+                       "codes may mean something else now", resume_path, str(saved["vqvae_sha256"])[:12],
+                       str(wanted.get("vqvae_sha256"))[:12])

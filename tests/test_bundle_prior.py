@@ -1,0 +1,290 @@
+"""The prior bundle (train_prior.yaml) through the real ``python -m monai.bundle`` CLI, and its parts in process:
+code metrics, the codes cache, slice-position labels and batch preparation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import brain_slice, write_png
+from mlflow import MlflowClient
+
+from oasis_gen.codes import check_resume, class_count, code_datasets, encode_codes, prior_spec, slice_labels
+from oasis_gen.engines.handlers import samples_grid
+from oasis_gen.engines.steps import PrepareCodeBatch
+from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.metrics import CodeAccuracy, CodeNLL
+from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
+from oasis_gen.networks.spec import file_sha256
+from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "bundle" / "configs" / "train.yaml")
+TRAIN_PRIOR = str(ROOT / "bundle" / "configs" / "train_prior.yaml")
+
+
+def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ...`` from the project root as a user would, returning its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OASIS_GEN_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def overrides(**values: object) -> list[str]:
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: object) -> list[str]:
+    return overrides(dataset_dir=data, vqvae_ckpt=vqvae, output_dir=out, tracking_uri=store, channels=8,
+                     num_layers=2, batch_size=4, max_epochs=1, num_pictures=2, progress="False", **extra)
+
+
+def write_slices(root: Path, size: int = 40) -> Path:
+    """12 train slices (3 subjects x 4) and 4 validation slices (1 subject x 4) in the OASIS layout."""
+    seed = 0
+    for split, subjects in (("train", range(1, 4)), ("validate", range(4, 5))):
+        for subject in subjects:
+            for k in range(4):
+                seed += 1
+                write_png(root / f"keras_png_slices_{split}" / f"case_{subject:03d}_slice_{k}.nii.png",
+                          brain_slice(size, seed))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_slices(tmp_path_factory.mktemp("prior_data") / "data")
+
+
+@pytest.fixture(scope="module")
+def vqvae_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """A tiny VQ-VAE (32x32 images, 8x8 grid, K=16) trained for one epoch through train.yaml."""
+    work = tmp_path_factory.mktemp("vqvae")
+    result = bundle("run", "training", "--config_file", TRAIN, *overrides(
+        dataset_dir=tiny_data, output_dir=work / "out", tracking_uri=work / "mlruns", image_size=32, batch_size=4,
+        channels="[8,16]", num_embeddings=16, embedding_dim=8, max_epochs=1, progress="False"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "out" / "checkpoints" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def prior_run(tiny_data, vqvae_ckpt, tmp_path_factory) -> dict:
+    """One unconditional 1-epoch prior training run, shared by the tests that inspect its results."""
+    work = tmp_path_factory.mktemp("prior")
+    out, store = work / "out", work / "mlruns"
+    result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
+                    *prior_overrides(tiny_data, vqvae_ckpt, out, store))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "store": store, "result": result}
+
+
+@pytest.mark.slow
+def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqvae_ckpt):
+    ckpts = prior_run["out"] / "checkpoints"
+    assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=1.pt").is_file()
+    last = torch.load(ckpts / "last_checkpoint_epoch=1.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    prior, spec = load_pixelcnn(ckpts / "model.pt")
+    assert spec["num_embeddings"] == prior.num_embeddings == 16 and spec["grid_size"] == 8
+    assert spec["num_classes"] is None and spec["channels"] == 8 and spec["num_layers"] == 2
+    assert spec["vqvae_sha256"] == file_sha256(vqvae_ckpt) and spec["vqvae_checkpoint"] == str(vqvae_ckpt)
+    assert prior(torch.randint(0, 16, (2, 8, 8))).shape == (2, 16, 8, 8)
+    for split, count in (("train", 12), ("validate", 4)):
+        cache = torch.load(prior_run["out"] / "codes" / f"codes_{split}.pt", weights_only=True)
+        assert cache["codes"].shape == (count, 8, 8) and cache["codes"].dtype == torch.uint8
+        assert cache["vqvae_sha256"] == spec["vqvae_sha256"] and len(cache["records"]) == count
+    log = prior_run["result"].stdout + prior_run["result"].stderr
+    assert "encoding the train split (12 slices)" in log and "reusing cached codes" not in log
+
+
+@pytest.mark.slow
+def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
+    client = MlflowClient(f"sqlite:///{prior_run['store'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("oasis-gen")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]  # trainer and validator share one run
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "prior"
+    assert run.info.run_name.startswith("prior-K16-8x8-L2-C8-")
+    params = run.data.params
+    assert params["vqvae_sha256"] == file_sha256(vqvae_ckpt) and params["vqvae_checkpoint"] == str(vqvae_ckpt)
+    assert params["num_embeddings"] == "16" and params["code_grid"] == "8" and params["data.train.slices"] == "12"
+    for name in ("val_nll_bits", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1], name
+    assert 0.0 < run.data.metrics["val_nll_bits"] < 2 * math.log2(16)
+    assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # 12 slices / batch 4
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert pictures == ["samples/samples_epoch001.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+    from PIL import Image
+
+    picture = Image.open(prior_run["out"] / "pictures" / "samples_epoch001.png")
+    assert picture.size == (2 * 32 + 2, 2 * 32 + 2)  # 2 samples, their code maps below
+
+
+@pytest.mark.slow
+def test_second_run_reuses_the_cached_codes(prior_run, tiny_data, vqvae_ckpt, tmp_path):
+    # a new output folder holding the first run's codes cache; this run is conditional on the slice position
+    out = tmp_path / "out"
+    shutil.copytree(prior_run["out"] / "codes", out / "codes")
+    result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
+                    *prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns", num_classes=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "reusing cached codes of the train split (12 grids)" in log
+    assert "reusing cached codes of the validate split (4 grids)" in log and "encoding the" not in log
+    _, spec = load_pixelcnn(out / "checkpoints" / "model.pt")
+    assert spec["num_classes"] == 2
+
+
+@pytest.mark.slow
+def test_missing_vqvae_checkpoint_fails_with_one_clear_line(tiny_data, tmp_path):
+    missing = tmp_path / "nowhere" / "model.pt"
+    result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
+                    *prior_overrides(tiny_data, missing, tmp_path / "out", tmp_path / "mlruns"))
+    assert result.returncode != 0
+    assert f"{missing}: checkpoint not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_resuming_a_prior_made_for_another_codebook_is_refused(tiny_data, vqvae_ckpt, tmp_path):
+    out = tmp_path / "out"
+    other = pixelcnn_spec(num_embeddings=512, grid_size=8, channels=8, num_layers=2)
+    (out / "checkpoints").mkdir(parents=True)
+    stale = out / "checkpoints" / "last_checkpoint_epoch=3.pt"
+    torch.save({"model": GatedPixelCNN(512, channels=8, num_layers=2).state_dict(), "spec": other.state_dict()},
+               stale)
+    result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
+                    *prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns"))
+    assert result.returncode != 0
+    assert f"{stale}: prior checkpoint models K=512 codes but the VQ-VAE {vqvae_ckpt} has K=16 codes" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "codes").exists()  # refused before any encoding
+
+
+# ------------------------------------------------------------------ in process, fast
+
+
+def test_code_metrics_match_hand_computed_values():
+    k = 16
+    codes = torch.randint(0, k, (3, 4, 5), generator=torch.Generator().manual_seed(0))
+    nll, accuracy = CodeNLL(), CodeAccuracy()
+    nll(torch.zeros(3, k, 4, 5), codes)  # uniform logits: log2(K) bits per code
+    assert nll.aggregate().item() == pytest.approx(math.log2(k))
+    perfect = torch.nn.functional.one_hot(codes, k).movedim(-1, 1).float() * 50.0
+    accuracy(perfect, codes)
+    assert accuracy.aggregate().item() == 1.0
+    nll.reset()
+    nll(perfect, codes)
+    assert nll.aggregate().item() == pytest.approx(0.0, abs=1e-6)
+    # decollated lists (what MONAI evaluators pass), codes with a channel dim, and several batches
+    accuracy.reset()
+    wrong = torch.nn.functional.one_hot((codes + 1) % k, k).movedim(-1, 1).float()
+    accuracy(list(perfect), list(codes))
+    accuracy(wrong, codes[:, None])
+    assert accuracy.aggregate().item() == pytest.approx(0.5)
+    assert accuracy.get_buffer().shape == (6, 1)
+    # K = 2, two positions: uniform at the first (1 bit), sure and right at the second (0 bits)
+    logits = torch.tensor([[[[0.0, 100.0]], [[0.0, 0.0]]]])  # [1, K=2, 1, 2]
+    two = CodeNLL()
+    two(logits, torch.tensor([[[1, 0]]]))
+    assert two.aggregate().item() == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        CodeNLL()(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 4, dtype=torch.long))
+
+
+def test_slice_labels_bucket_each_subjects_slice_range():
+    records = [{"subject": "a", "slice": k} for k in range(10, 20)] + [{"subject": "b", "slice": 7}]
+    assert slice_labels(records, None) == [0] * 11
+    assert slice_labels(records, 2) == [0] * 5 + [1] * 5 + [0]
+    assert slice_labels(records, 5) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0]
+    assert class_count(None) is None and class_count("null") is None and class_count("4") == 4
+    with pytest.raises(ConfigError, match="num_classes"):
+        class_count("many")
+
+
+def test_prepare_code_batch_passes_labels_to_the_network():
+    batch = {"codes": torch.randint(0, 8, (2, 4, 4), dtype=torch.uint8), "label": torch.tensor([0, 2])}
+    codes, target = PrepareCodeBatch()(batch)
+    assert codes.dtype == torch.long and torch.equal(codes, target)
+    prepared = PrepareCodeBatch(conditional=True)(batch)
+    assert len(prepared) == 4 and prepared[2] == () and torch.equal(prepared[3]["labels"], torch.tensor([0, 2]))
+    network = GatedPixelCNN(8, channels=4, num_layers=2, num_classes=3)
+    assert network(prepared[0], *prepared[2], **prepared[3]).shape == (2, 8, 4, 4)
+
+
+def test_samples_grid_puts_code_maps_below_their_samples():
+    grid = samples_grid(torch.rand(3, 1, 16, 16), torch.randint(0, 4, (3, 4, 4)), 4, columns=2)
+    assert grid.shape == (4 * 16 + 3 * 2, 2 * 16 + 2, 3) and grid.dtype.name == "uint8"
+
+
+def _save_vqvae(path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    spec = vqvae_spec(image_size=16, num_downsamplings=2, channels=[4, 4], num_embeddings=8, embedding_dim=4)
+    torch.save({"model": vqvae_from_spec(spec).state_dict(), "spec": spec.state_dict()}, path)
+
+
+def test_codes_are_cached_until_the_vqvae_changes(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oasis_gen.codes")
+    records = [{"image": str(write_png(tmp_path / f"s{k}.png", brain_slice(20, k))), "subject": "x", "slice": k}
+               for k in range(3)]
+    ckpt, cache = tmp_path / "vqvae.pt", tmp_path / "codes"
+    _save_vqvae(ckpt, seed=0)
+    first = code_datasets(ckpt, {"train": records}, cache, batch_size=2, progress=False, num_classes=3)
+    assert "encoding the train split (3 slices)" in caplog.text and (cache / "codes_train.pt").is_file()
+    assert [r["label"] for r in first["train"]] == [0, 1, 2] and first["train"][0]["codes"].shape == (4, 4)
+    assert first["train"][0]["codes"].dtype == torch.uint8
+    caplog.clear()
+    again = code_datasets(ckpt, {"train": records}, cache, batch_size=2, progress=False)
+    assert "reusing cached codes of the train split" in caplog.text and "encoding" not in caplog.text
+    assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(first["train"], again["train"], strict=True))
+    assert [r["label"] for r in again["train"]] == [0, 0, 0]
+    caplog.clear()
+    _save_vqvae(ckpt, seed=1)
+    code_datasets(ckpt, {"train": records}, cache, batch_size=2, progress=False)
+    assert "the VQ-VAE checkpoint changed" in caplog.text
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        code_datasets(tmp_path / "missing.pt", {"train": records}, cache)
+
+
+def test_encoding_never_moves_the_codebook(tmp_path):
+    spec = vqvae_spec(image_size=16, num_downsamplings=2, channels=[4, 4], num_embeddings=8, embedding_dim=4)
+    network = vqvae_from_spec(spec).train()
+    before = network.quantizer.quantizer.embedding.weight.detach().clone()
+    records = [{"image": str(write_png(tmp_path / f"s{k}.png", brain_slice(20, k))), "subject": "x", "slice": k}
+               for k in range(3)]
+    codes = encode_codes(network, records, image_size=16, batch_size=2)
+    assert codes.shape == (3, 4, 4) and codes.dtype == torch.uint8 and int(codes.max()) < 8
+    assert network.training  # its mode is given back
+    assert torch.equal(network.quantizer.quantizer.embedding.weight, before)
+
+
+def test_prior_spec_and_resume_checks_name_what_is_wrong(tmp_path):
+    vq = vqvae_spec(image_size=32, num_downsamplings=2, channels=[4, 4], num_embeddings=16, embedding_dim=4)
+    spec = prior_spec(vq, "vq.pt", "abc", channels=8, num_layers=2, num_classes="null")
+    assert spec["num_embeddings"] == 16 and spec["grid_size"] == 8 and spec["num_classes"] is None
+    assert spec["vqvae_checkpoint"] == "vq.pt" and spec["vqvae_sha256"] == "abc"
+    with pytest.raises(ConfigError, match="config 'kernel_size': kernel_size must be an odd integer"):
+        prior_spec(vq, "vq.pt", "abc", kernel_size=4)
+    check_resume(None, "vq.pt", spec)  # nothing to resume: nothing to check
+    saved = tmp_path / "last_checkpoint_epoch=1.pt"
+    other = prior_spec(vq, "vq.pt", "abc", channels=16, num_layers=2)
+    torch.save({"model": {}, "spec": other.state_dict()}, saved)
+    with pytest.raises(ConfigError, match=r"trained with channels=16 \(config: 8\)"):
+        check_resume(saved, "vq.pt", spec)
+    torch.save({"model": {}, "spec": {**spec.state_dict(), "grid_size": 16}}, saved)
+    with pytest.raises(CheckpointError, match="models 16x16 code grids but the VQ-VAE vq.pt has 8x8 code grids"):
+        check_resume(saved, "vq.pt", spec)
+    torch.save({"model": {}, "spec": spec.state_dict()}, saved)
+    check_resume(saved, "vq.pt", spec)
+
