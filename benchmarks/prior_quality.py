@@ -94,7 +94,13 @@ def load_slices(records: list[dict], image_size: int, batch_size: int) -> torch.
     """The slices ``[M, 1, H, W]`` in [0, 1], through the same transforms (uint8 cache) as the prior's codes."""
     loader = DataLoader(Dataset(records, eval_transforms(image_size, "uint8")), batch_size=batch_size,
                         shuffle=False, num_workers=0)
-    return torch.cat([decode_intensity(torch.as_tensor(batch["image"])) for batch in loader])
+    # plain tensors: slicing a batch of MONAI MetaTensors whose per-slice meta data differ is refused
+    return torch.cat([decode_intensity(_plain_tensor(batch["image"])) for batch in loader])
+
+
+def _plain_tensor(images: torch.Tensor) -> torch.Tensor:
+    """A MONAI MetaTensor's data as a plain tensor (other tensors unchanged)."""
+    return images.as_tensor() if hasattr(images, "as_tensor") else images
 
 
 def code_likelihood(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor | None,
