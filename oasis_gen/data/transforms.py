@@ -100,10 +100,5 @@ def train_transforms(image_size: int, cache_dtype: str = "uint8", augment: bool 
     return Compose(chain)
 
 
-def encoded_nbytes(image_size: int, count: int, cache_dtype: str = "uint8") -> int:
-    """Bytes the pixel data of count cached slices takes (without per-item meta data)."""
-    return int(count * image_size * image_size * torch.empty((), dtype=CACHE_DTYPES[cache_dtype]).element_size())
-
-
 __all__ = ["LoadScand", "EncodeIntensity", "EncodeIntensityd", "decode_intensity", "eval_transforms",
-           "train_transforms", "encoded_nbytes"]
+           "train_transforms"]
