@@ -139,6 +139,7 @@ def test_each_bad_input_gets_its_own_message_naming_the_file(oasis_slices):
     assert f"{wide}: I;16" in text and "scaled to [0, 1]" in text
     assert f"{odd}: size 30x20 differs from the usual 24x24" in text
     assert "subject 001" in text and str(leak) in text and "several splits" in text
+    assert any("several splits" in m for m in messages(report, "warning"))  # the user's split: warn, not stop
     assert sorted(report.bad_files) == sorted([str(corrupt), str(truncated)])
     with pytest.raises(DataError, match="problems found") as err:
         report.usable(skip_bad=False)
