@@ -21,7 +21,7 @@ from torch import nn
 
 from oasis_gen.files import write_text
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
-from oasis_gen.sampling import sample_codes
+from oasis_gen.sampling import decode_codes, sample_codes, sampling_threads
 
 logger = logging.getLogger(__name__)
 
@@ -457,17 +457,11 @@ class PriorSamples:
         prior = unwrap(self.prior)
         device = next(prior.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        codes = sample_codes(prior, self.num_samples, (self.grid_size, self.grid_size), self.temperature,
-                             self.labels(), generator)
-        vqvae = unwrap(self.vqvae)
-        was_training = vqvae.training
-        vqvae.eval()
-        try:
-            with torch.no_grad():
-                images = vqvae.decode_samples(codes.to(next(vqvae.parameters()).device))
-        finally:
-            vqvae.train(was_training)
-        return images.float().clamp(0.0, 1.0).cpu(), codes.cpu()
+        with sampling_threads(device):
+            codes = sample_codes(prior, self.num_samples, (self.grid_size, self.grid_size), self.temperature,
+                                 self.labels(), generator)
+            images = decode_codes(unwrap(self.vqvae), codes)
+        return images.cpu(), codes.cpu()
 
     def __call__(self, engine: Engine) -> None:
         if self.num_samples < 1:
