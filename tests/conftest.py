@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
 
 
 def brain_slice(size: int = 24, seed: int = 0, width: int | None = None) -> np.ndarray:
@@ -63,4 +69,39 @@ def oasis_slices(tmp_path: Path) -> Path:
                 write_png(root / f"keras_png_slices_{split}" / name, brain_slice(24, seed))
                 write_png(root / f"keras_png_slices_seg_{split}" / f"seg_{subject}_slice_{k}.nii.png",
                           (brain_slice(24, seed) > 0).astype(np.uint8) * 3)
+    return root
+
+
+def run_bundle(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None,
+               module: str = "monai.bundle") -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ...`` (or another module) as a user would, returning its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("OASIS_GEN_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def overrides(**values: object) -> list[str]:
+    """Bundle command-line overrides (``--key value`` ...) from keyword arguments."""
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def tiny_vqvae_overrides(data: Path, out: Path, store: Path, **extra: object) -> list[str]:
+    """Overrides that make train.yaml train a tiny VQ-VAE (32px, 8x8 grid, K=16) in seconds."""
+    values = {"dataset_dir": data, "output_dir": out, "tracking_uri": store, "image_size": 32, "batch_size": 4,
+              "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "progress": "False", **extra}
+    return overrides(**values)
+
+
+def write_oasis_slices(root: Path, size: int = 40, layout=(("train", 3, 4), ("validate", 1, 4), ("test", 2, 3))
+                       ) -> Path:
+    """Slices in the OASIS keras layout: per split, (name, subjects, slices per subject); subjects numbered on."""
+    seed, subject = 0, 0
+    for split, subjects, slices in layout:
+        for _ in range(subjects):
+            subject += 1
+            for k in range(slices):
+                seed += 1
+                write_png(root / f"keras_png_slices_{split}" / f"case_{subject:03d}_slice_{k}.nii.png",
+                          brain_slice(size, seed))
     return root

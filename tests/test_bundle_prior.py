@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import brain_slice, write_png
+from conftest import CONFIGS, brain_slice, overrides, tiny_vqvae_overrides, write_oasis_slices, write_png
+from conftest import run_bundle as bundle
 from mlflow import MlflowClient
 
 from oasis_gen.codes import check_resume, class_count, code_datasets, encode_codes, prior_spec, slice_labels
@@ -25,21 +23,9 @@ from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_s
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "bundle" / "configs" / "train.yaml")
-TRAIN_PRIOR = str(ROOT / "bundle" / "configs" / "train_prior.yaml")
-
-
-def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle ...`` from the project root as a user would, returning its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OASIS_GEN_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def overrides(**values: object) -> list[str]:
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+TRAIN = str(CONFIGS / "train.yaml")
+TRAIN_PRIOR = str(CONFIGS / "train_prior.yaml")
+LAYOUT = (("train", 3, 4), ("validate", 1, 4))  # 12 train and 4 validation slices
 
 
 def prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: object) -> list[str]:
@@ -47,30 +33,17 @@ def prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: ob
                      num_layers=2, batch_size=4, max_epochs=1, num_pictures=2, progress="False", **extra)
 
 
-def write_slices(root: Path, size: int = 40) -> Path:
-    """12 train slices (3 subjects x 4) and 4 validation slices (1 subject x 4) in the OASIS layout."""
-    seed = 0
-    for split, subjects in (("train", range(1, 4)), ("validate", range(4, 5))):
-        for subject in subjects:
-            for k in range(4):
-                seed += 1
-                write_png(root / f"keras_png_slices_{split}" / f"case_{subject:03d}_slice_{k}.nii.png",
-                          brain_slice(size, seed))
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    return write_slices(tmp_path_factory.mktemp("prior_data") / "data")
+    return write_oasis_slices(tmp_path_factory.mktemp("prior_data") / "data", layout=LAYOUT)
 
 
 @pytest.fixture(scope="module")
 def vqvae_ckpt(tiny_data, tmp_path_factory) -> Path:
     """A tiny VQ-VAE (32x32 images, 8x8 grid, K=16) trained for one epoch through train.yaml."""
     work = tmp_path_factory.mktemp("vqvae")
-    result = bundle("run", "training", "--config_file", TRAIN, *overrides(
-        dataset_dir=tiny_data, output_dir=work / "out", tracking_uri=work / "mlruns", image_size=32, batch_size=4,
-        channels="[8,16]", num_embeddings=16, embedding_dim=8, max_epochs=1, progress="False"))
+    result = bundle("run", "training", "--config_file", TRAIN,
+                    *tiny_vqvae_overrides(tiny_data, work / "out", work / "mlruns", max_epochs=1))
     assert result.returncode == 0, result.stderr[-3000:]
     return work / "out" / "checkpoints" / "model.pt"
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import brain_slice, write_png
+from conftest import CONFIGS, brain_slice, write_png
+from conftest import run_bundle as bundle
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -33,17 +31,8 @@ from oasis_gen.sampling import (
     write_samples,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = str(ROOT / "bundle" / "configs" / "sample.yaml")
+SAMPLE = str(CONFIGS / "sample.yaml")
 K, GRID, SIZE = 16, 8, 32
-
-
-def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle ...`` from the project root as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OASIS_GEN_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def save_prior(path: Path, num_embeddings: int, vqvae_path: Path, sha: str | None, seed: int = 0) -> Path:

@@ -4,50 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import brain_slice, write_png
+from conftest import CONFIGS, ROOT, write_oasis_slices
+from conftest import run_bundle as bundle
+from conftest import tiny_vqvae_overrides as tiny_overrides
 from mlflow import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "bundle" / "configs" / "train.yaml")
-EVALUATE = str(ROOT / "bundle" / "configs" / "evaluate.yaml")
+TRAIN = str(CONFIGS / "train.yaml")
+EVALUATE = str(CONFIGS / "evaluate.yaml")
 SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 pytestmark = pytest.mark.slow
 
 
-def bundle(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle ...`` as a user would, returning its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OASIS_GEN_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def tiny_overrides(data: Path, out: Path, store: Path, **extra: object) -> list[str]:
-    values = {"dataset_dir": data, "output_dir": out, "tracking_uri": store, "image_size": 32, "batch_size": 4,
-              "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "progress": "False", **extra}
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """12 train, 4 validation and 6 test slices of 40x40 in the OASIS layout."""
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    seed = 0
-    for split, subjects, slices in (("train", range(1, 4), 4), ("validate", range(4, 5), 4), ("test", range(5, 7), 3)):
-        for subject in subjects:
-            for k in range(slices):
-                seed += 1
-                write_png(root / f"keras_png_slices_{split}" / f"case_{subject:03d}_slice_{k}.nii.png",
-                          brain_slice(40, seed))
-    return root
+    return write_oasis_slices(tmp_path_factory.mktemp("tiny") / "data")
 
 
 @pytest.fixture(scope="module")
