@@ -19,6 +19,7 @@ from mlflow.entities import Param
 from monai.handlers import MLFlowHandler
 from torch import nn
 
+from oasis_gen.engines.distributed import all_reduce_sum, rank_zero_decides
 from oasis_gen.files import write_text
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.sampling import decode_codes, sample_codes, sampling_threads
@@ -45,7 +46,7 @@ class CodebookUsage:
     """Count the codes the quantizer picks during an epoch; publish perplexity and unused fraction as metrics.
 
     Counts only forward passes in the given mode ("train" or "eval"), so a validation run inside a training epoch
-    does not mix into the training figures.
+    does not mix into the training figures. Under DDP the counts of all ranks are summed (attach it on every rank).
     """
 
     def __init__(self, network: nn.Module, mode: str = "train", prefix: str = "codebook"):
@@ -76,7 +77,7 @@ class CodebookUsage:
     def _publish(self, engine: Engine) -> None:
         if self.counts is None:
             return
-        for key, value in codebook_health(self.counts).items():
+        for key, value in codebook_health(all_reduce_sum(self.counts)).items():
             engine.state.metrics[f"{self.prefix}_{key}"] = value
 
 
@@ -151,7 +152,8 @@ class CodebookRestart:
 class TimeBudget:
     """Stop training at the end of the last epoch that fits in a time budget (validation and checkpoint included).
 
-    Ends on an epoch boundary, so the run finishes validated and checkpointed like any other.
+    Ends on an epoch boundary, so the run finishes validated and checkpointed like any other. Under DDP rank 0's
+    clock decides for every rank (attach it on every rank), so they all stop after the same epoch.
     """
 
     def __init__(self, minutes: float | None = None):
@@ -177,7 +179,8 @@ class TimeBudget:
     def _check(self, engine: Engine) -> None:
         now = time.perf_counter()
         self.longest_epoch = max(self.longest_epoch, now - self.epoch_started)
-        if now - self.started + self.longest_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs:
+        over = now - self.started + self.longest_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs
+        if rank_zero_decides(over):
             logger.info("time budget of %.1f min reached after epoch %d: stopping", self.seconds / 60,
                         engine.state.epoch)
             engine.terminate()
@@ -243,8 +246,9 @@ class ReconstructionPictures:
     def _reset(self, engine: Engine) -> None:
         self.originals, self.reconstructions = [], []
         self.seen = 0
-        # spread the pictured slices over the whole split rather than its first few
-        size = len(getattr(engine.data_loader, "dataset", ())) or self.num_images
+        # spread the pictured slices over the whole split (under DDP: this rank's share) rather than its first few
+        loader = engine.data_loader
+        size = len(getattr(loader, "sampler", None) or getattr(loader, "dataset", ())) or self.num_images
         self.stride = max(size // self.num_images, 1)
 
     def _collect(self, engine: Engine) -> None:
