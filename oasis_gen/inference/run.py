@@ -1,0 +1,374 @@
+"""Inference over a set of scans: batched passes through the networks, each scan's outputs, the summary.
+
+Per scan, into ``<inference_dir>/<scan name>/``: the reconstruction in the input's format
+(:mod:`oasis_gen.inference.writers`), ``codes.npy`` / ``codes.png``, ``metrics.csv`` (per plane: SSIM and PSNR
+against the input as the VQ-VAE sees it, and bits per code), with a prior ``atypicality.npy`` (bits per code,
+upsampled to the input's geometry), ``atypicality_codes.npy`` (on the code grid) and ``atypicality.png``, and
+``comparison.png``. A scan that cannot be read or processed is reported (log line and summary row) and skipped;
+the others finish. Nothing is deleted and every file is replaced atomically, so earlier outputs survive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import PSNRMetric, SSIMMetric
+from tqdm.auto import tqdm
+
+from oasis_gen.bundle_checks import find_user_error
+from oasis_gen.errors import DataError
+from oasis_gen.files import write_text
+from oasis_gen.inference import figures
+from oasis_gen.inference.models import InferenceModels, code_nll_bits, prior_label
+from oasis_gen.inference.scans import ModelView, ScanFile, ScanPlanes, read_planes, scan_labels, volume_labels
+from oasis_gen.inference.writers import save_npy, write_csv, write_reconstruction
+from oasis_gen.pictures import save_png
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InferenceReport", "NetworkOutputs", "ScanResult", "check_report", "infer_scans", "run_artifacts",
+           "run_networks", "write_summary"]
+
+SUMMARY_COLUMNS = ("scan", "input", "kind", "slices", "ssim_mean", "psnr_mean", "atypicality_bits", "status",
+                   "problem")
+SLICE_COLUMNS = ("slice", "scored", "ssim", "psnr", "bits_per_code")
+
+
+@dataclass
+class ScanResult:
+    """What became of one scan: its scores, or why it was skipped."""
+
+    scan: str
+    input: str
+    kind: str
+    slices: int | None = None
+    ssim_mean: float | None = None
+    psnr_mean: float | None = None
+    atypicality_bits: float | None = None
+    status: str = "ok"
+    problem: str = ""
+    output_dir: str | None = None
+    comparison: str | None = None
+
+
+@dataclass
+class InferenceReport:
+    """Every scan's result, in input order, and how long the work took."""
+
+    results: list[ScanResult]
+    seconds: float
+    slices: int = 0
+    typical: dict[str, Any] | None = field(default=None)
+
+    @property
+    def done(self) -> list[ScanResult]:
+        """The scans that finished."""
+        return [r for r in self.results if r.status == "ok"]
+
+    @property
+    def failed(self) -> list[ScanResult]:
+        """The scans that were skipped."""
+        return [r for r in self.results if r.status != "ok"]
+
+    def metrics(self) -> dict[str, float]:
+        """Run-level figures: counts, means over the finished scans (each scan counts once), speed."""
+        metrics = {"scans": float(len(self.results)), "scans_done": float(len(self.done)),
+                   "scans_failed": float(len(self.failed)), "slices": float(self.slices),
+                   "seconds": self.seconds, "slices_per_second": self.slices / max(self.seconds, 1e-9)}
+        for name in ("ssim_mean", "psnr_mean", "atypicality_bits"):
+            values = [getattr(r, name) for r in self.done if getattr(r, name) is not None]
+            values = [v for v in values if math.isfinite(v)]
+            if values:
+                metrics[name] = float(np.mean(values))
+        if self.typical:
+            metrics["typical_bits"] = float(self.typical["bits_mean"])
+        return metrics
+
+
+@dataclass
+class NetworkOutputs:
+    """The networks' results for a batch of planes (on the CPU)."""
+
+    reconstructions: torch.Tensor  # [N, 1, size, size] in [0, 1]
+    codes: torch.Tensor  # [N, h, w] int64
+    ssim: torch.Tensor  # [N]
+    psnr: torch.Tensor  # [N]
+    bits: torch.Tensor | None  # [N, h, w] bits per code, with a prior
+
+
+def run_networks(models: InferenceModels, inputs: torch.Tensor, labels: torch.Tensor | None = None,
+                 batch_size: int = 32, amp: bool = False) -> NetworkOutputs:
+    """Encode, quantize and decode planes ``[N, 1, size, size]`` in batches; score them; prior NLL per code."""
+    device = models.device
+    ssim_metric = SSIMMetric(spatial_dims=2, data_range=1.0)
+    psnr_metric = PSNRMetric(max_val=1.0)
+    autocast = bool(amp) and device.type == "cuda"
+    parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "ssim": [], "psnr": []}
+    step = max(int(batch_size), 1)
+    with torch.inference_mode():
+        for start in range(0, inputs.shape[0], step):
+            images = inputs[start:start + step].to(device, non_blocking=True)
+            with torch.autocast("cuda", enabled=autocast):
+                codes = models.vqvae.index_quantize(images)
+                reconstructions = models.vqvae.decode_samples(codes)
+            reconstructions = reconstructions.float().clamp_(0.0, 1.0)
+            parts["ssim"].append(ssim_metric(reconstructions, images).flatten().cpu())
+            parts["psnr"].append(psnr_metric(reconstructions, images).flatten().cpu())
+            parts["reconstructions"].append(reconstructions.cpu())
+            parts["codes"].append(codes.long().cpu())
+    joined = {key: torch.cat(values) for key, values in parts.items()}
+    bits = None
+    if models.prior is not None:
+        bits = code_nll_bits(models.prior, joined["codes"], labels, batch_size, amp)
+    return NetworkOutputs(bits=bits, **joined)
+
+
+def _groups(scans: Sequence[ScanFile], batch_size: int) -> Iterator[list[ScanFile]]:
+    """Each volume alone (its planes make the batches); slice files together, up to ``batch_size`` of them."""
+    group: list[ScanFile] = []
+    for scan in scans:
+        if scan.kind == "volume":
+            if group:
+                yield group
+                group = []
+            yield [scan]
+            continue
+        group.append(scan)
+        if len(group) >= batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _problem(scan: ScanFile, error: Exception) -> str:
+    """The one-line reason a scan was skipped (the user's error when there is one, else the exception)."""
+    user_error = find_user_error(error)
+    if isinstance(user_error, DataError) and user_error.path == str(scan.path):
+        return user_error.problem
+    if user_error is not None:
+        return str(user_error)
+    logger.error("unexpected error on %s", scan.path, exc_info=error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _failed(scan: ScanFile, error: Exception) -> ScanResult:
+    problem = _problem(scan, error)
+    logger.warning("skipped %s: %s", scan.path, problem)
+    return ScanResult(scan.name, str(scan.path), scan.kind, status="failed", problem=problem)
+
+
+@dataclass
+class _Settings:
+    """What every group of scans is processed with."""
+
+    inference_dir: Path
+    models: InferenceModels
+    view: ModelView
+    slice_axis: int | str
+    min_brain_fraction: float
+    batch_size: int
+    amp: bool
+    fixed_label: int | None
+    slice_buckets: dict[Path, int]
+    montage_slices: int
+    comparison_slices: int
+
+
+def infer_scans(
+    scans: Sequence[ScanFile],
+    models: InferenceModels,
+    inference_dir: str | Path,
+    slice_axis: int | str = "axial",
+    min_brain_fraction: float = 0.1,
+    batch_size: int = 32,
+    amp: bool = False,
+    label: Any = None,
+    montage_slices: int = 16,
+    comparison_slices: int = 3,
+    progress: bool = True,
+) -> InferenceReport:
+    """
+    Run every scan through the VQ-VAE (and the prior), writing each scan's outputs as soon as it is done.
+
+    Args:
+        scans: from :func:`oasis_gen.inference.scans.find_inputs`.
+        models: from :func:`oasis_gen.inference.models.load_inference_models`.
+        inference_dir: where each scan's folder goes.
+        slice_axis, min_brain_fraction: how volumes are cut, and which planes count in their scores.
+        batch_size: planes per pass through the networks (slice files are batched together too).
+        amp: mixed precision on CUDA.
+        label: a fixed slice-position bucket for a conditional prior (``None``: each plane's own).
+        montage_slices, comparison_slices: how many planes of a volume its pictures show.
+        progress: show a progress bar over scans.
+    """
+    started = time.perf_counter()
+    classes = models.prior.num_classes if models.prior is not None else None
+    settings = _Settings(Path(inference_dir), models, ModelView(models.image_size), slice_axis,
+                         float(min_brain_fraction), max(int(batch_size), 1), bool(amp),
+                         prior_label(models.prior, label), scan_labels(list(scans), classes), int(montage_slices),
+                         int(comparison_slices))
+    results: dict[Path, ScanResult] = {}
+    bar = tqdm(total=len(scans), desc="inference", unit="scan", disable=not progress)
+    for group in _groups(scans, settings.batch_size):
+        results.update(_process_group(settings, group))
+        bar.update(len(group))
+    bar.close()
+    ordered = [results[s.path] for s in scans]
+    slices = sum(r.slices or 0 for r in ordered if r.status == "ok")
+    report = InferenceReport(ordered, time.perf_counter() - started, slices, models.typical)
+    logger.info("inference: %d of %d scans done (%d slices) in %.1f s, %d skipped; results in %s",
+                len(report.done), len(scans), report.slices, report.seconds, len(report.failed), inference_dir)
+    return report
+
+
+def _process_group(settings: _Settings, group: Sequence[ScanFile]) -> dict[Path, ScanResult]:
+    """Read a group of scans, pass all their planes through the networks together, write each scan's outputs."""
+    results: dict[Path, ScanResult] = {}
+    loaded: list[tuple[ScanPlanes, torch.Tensor, list]] = []
+    for scan in group:
+        try:
+            planes = read_planes(scan, settings.slice_axis, settings.min_brain_fraction)
+            loaded.append((planes, *settings.view.to_model(planes.planes)))
+        except Exception as err:  # a bad scan is reported and skipped; the others go on
+            results[scan.path] = _failed(scan, err)
+    if not loaded:
+        return results
+    try:
+        outputs = run_networks(settings.models, torch.cat([inputs for _, inputs, _ in loaded]),
+                               _labels(settings, [planes for planes, _, _ in loaded]), settings.batch_size,
+                               settings.amp)
+    except Exception as err:
+        return {**results, **{planes.file.path: _failed(planes.file, err) for planes, _, _ in loaded}}
+    start = 0
+    for planes, inputs, geometry in loaded:
+        part = slice(start, start + planes.count)
+        start += planes.count
+        try:
+            results[planes.file.path] = _write_scan(settings, planes, inputs, geometry, outputs, part)
+        except Exception as err:
+            results[planes.file.path] = _failed(planes.file, err)
+    return results
+
+
+def _labels(settings: _Settings, scans: Sequence[ScanPlanes]) -> torch.Tensor | None:
+    """The conditional prior's slice-position bucket of every plane of the scans (None: unconditional prior)."""
+    prior = settings.models.prior
+    if prior is None or prior.num_classes is None:
+        return None
+    buckets = [np.full(s.count, settings.fixed_label) if settings.fixed_label is not None
+               else volume_labels(s.scored, prior.num_classes) if s.volume is not None
+               else np.full(1, settings.slice_buckets[s.file.path]) for s in scans]
+    return torch.from_numpy(np.concatenate(buckets)).long()
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def _write_scan(settings: _Settings, planes: ScanPlanes, inputs: torch.Tensor, geometry: list,
+                outputs: NetworkOutputs, part: slice) -> ScanResult:
+    """Turn one scan's share of the network outputs into its files; return its summary row."""
+    models, view, size = settings.models, settings.view, settings.view.image_size
+    folder = settings.inference_dir / planes.file.name
+    is_volume = planes.volume is not None
+    reconstructions = outputs.reconstructions[part, 0]
+    codes = outputs.codes[part].numpy()
+    ssim, psnr = outputs.ssim[part].numpy(), outputs.psnr[part].numpy()
+    scored = planes.scored
+    shown = figures.picture_slices(scored, settings.montage_slices)
+    compared = figures.picture_slices(scored, settings.comparison_slices)
+    top = math.log2(models.num_embeddings)
+
+    # everything computed first, then written: a failure leaves the scan's earlier files as they were
+    restored = view.to_input(reconstructions, geometry)
+    files: dict[str, np.ndarray] = {"codes.npy": codes if is_volume else codes[0]}
+    pictures = {"codes.png": figures.montage([figures.code_map(codes[k], models.num_embeddings, size)
+                                              for k in shown])}
+    bits_grid = bits_model = None
+    score = None
+    if outputs.bits is not None:
+        bits_grid = outputs.bits[part]
+        bits_model = F.interpolate(bits_grid[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        bits_input = view.to_input(bits_model, geometry)
+        files["atypicality.npy"] = planes.to_volume(bits_input) if is_volume else bits_input[0]
+        files["atypicality_codes.npy"] = bits_grid.numpy() if is_volume else bits_grid[0].numpy()
+        pictures["atypicality.png"] = figures.montage([figures.heat_overlay(planes.planes[k], bits_input[k], top)
+                                                       for k in shown])
+        score = float(bits_grid[torch.from_numpy(scored)].mean())
+    pictures["comparison.png"] = figures.comparison(
+        inputs[compared, 0].numpy(), reconstructions[compared].numpy(), codes[compared], models.num_embeddings,
+        None if bits_model is None else bits_model[compared].numpy(), top)
+    per_slice = [{"slice": k, "scored": bool(scored[k]), "ssim": float(ssim[k]), "psnr": float(psnr[k]),
+                  "bits_per_code": None if bits_grid is None else float(bits_grid[k].mean())}
+                 for k in range(planes.count)]
+
+    write_reconstruction(folder, planes, restored)
+    for name, array in files.items():
+        save_npy(folder / name, array.astype(np.float32) if name.startswith("atypicality") else array)
+    for name, picture in pictures.items():
+        save_png(picture, folder / name)
+    write_csv(folder / "metrics.csv", per_slice, SLICE_COLUMNS if bits_grid is not None else SLICE_COLUMNS[:-1])
+    return ScanResult(planes.file.name, str(planes.file.path), planes.file.kind, planes.count,
+                      _mean(ssim[scored]), _mean(psnr[scored]), score, output_dir=str(folder),
+                      comparison=str(folder / "comparison.png"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def write_summary(inference_dir: str | Path, report: InferenceReport, settings: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """
+    Write ``summary.csv`` (one row per scan) and ``summary.json`` (settings, run metrics, what is typical for
+    the prior, every row) into ``inference_dir``.
+
+    Returns:
+        ``{"csv": path, "json": path, "metrics": {...}}``.
+    """
+    folder = Path(inference_dir)
+    rows = [{k: v for k, v in asdict(r).items() if k in SUMMARY_COLUMNS} for r in report.results]
+    metrics = report.metrics()
+    table = write_csv(folder / "summary.csv", rows, SUMMARY_COLUMNS)
+    document = {"settings": _plain(settings), "metrics": _plain(metrics), "typical": _plain(report.typical),
+                "scans": _plain(rows)}
+    summary = write_text(folder / "summary.json", json.dumps(document, indent=2) + "\n")
+    return {"csv": table, "json": summary, "metrics": metrics}
+
+
+def run_artifacts(report: InferenceReport, summary: Mapping[str, Any], max_pictures: int = 50) -> list:
+    """What the MLflow run keeps: the summary files and the first ``max_pictures`` comparison pictures."""
+    artifacts: list = [summary["csv"], summary["json"]]
+    for result in report.done[:max(int(max_pictures), 0)]:
+        if result.comparison:
+            artifacts.append((result.comparison, f"comparisons/{result.scan}"))
+    return artifacts
+
+
+def check_report(report: InferenceReport, strict: bool = False, source: Any = "input") -> None:
+    """Fail the run when no scan finished, or (``strict``) when any was skipped; the summary is written first."""
+    if report.results and not report.done:
+        raise DataError(source, f"none of the {len(report.results)} scans could be used (see summary.csv)")
+    if strict and report.failed:
+        names = ", ".join(r.input for r in report.failed[:10])
+        more = f" and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
+        raise DataError(source, f"{len(report.failed)} of {len(report.results)} scans were skipped: {names}{more}")
+
