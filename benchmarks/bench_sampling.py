@@ -16,17 +16,16 @@ Writes ``<out-dir>/sampling.md`` (a Markdown table) and ``<out-dir>/sampling.jso
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_machine import machine_info, machine_summary
 
+from oasis_gen.files import write_text
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.sampling import sample_codes, sample_codes_naive
 
@@ -69,26 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def machine_info() -> dict[str, object]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "load_average_at_start": [round(value, 2) for value in load] if load else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def first_positions(grid: tuple[int, int], count: int) -> torch.Tensor:
     """Bool mask ``[H, W]`` of the first ``count`` positions in raster order."""
     height, width = grid
@@ -103,13 +82,79 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def time_samplers(model: GatedPixelCNN, samples: int, grid: tuple[int, int], naive_positions: int | None = None,
+                  repeats: int = 3, seed: int = 0, log: bool = True) -> dict[str, object]:
+    """Time both samplers of a prior on ``samples`` grids, on the prior's device: the incremental one over the full
+    grid (median of ``repeats``), the naive one over its first ``naive_positions`` (default: one row), extrapolated
+    linearly (each of its steps costs the same)."""
+    device = next(model.parameters()).device
+    height, width = grid
+    positions = height * width
+    naive_positions = min(naive_positions or width, positions)
+
+    def timed_on_device(fn) -> tuple[float, object]:
+        def run_and_wait():
+            result = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return result
+
+        return timed(run_and_wait)
+
+    # warm-up: one-off allocations and kernel selection out of the timings
+    sample_codes(model, samples, (1, min(width, 4)))
+    with torch.no_grad():
+        model(torch.zeros(samples, height, width, dtype=torch.long, device=device))
+
+    incremental_times = []
+    for repeat in range(repeats):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        seconds, _ = timed_on_device(lambda g=generator: sample_codes(model, samples, grid, generator=g))
+        incremental_times.append(seconds)
+        if log:
+            print(f"incremental, full grid, run {repeat + 1}/{repeats}: {seconds:.2f} s", flush=True)
+    incremental = statistics.median(incremental_times)
+
+    # the naive sampler over the first positions only: a completion whose region is exactly those positions
+    zeros = torch.zeros(samples, height, width, dtype=torch.long, device=device)
+    region = first_positions(grid, naive_positions).to(device)
+    naive_seconds, naive_codes = timed_on_device(
+        lambda: sample_codes_naive(model, samples, grid, generator=torch.Generator(device=device).manual_seed(seed),
+                                   initial=zeros, region=region)
+    )
+    if log:
+        print(f"naive, {naive_positions} positions: {naive_seconds:.2f} s", flush=True)
+    naive_per_position = naive_seconds / naive_positions
+    naive_full = naive_per_position * positions
+
+    fast_codes = sample_codes(model, samples, grid, generator=torch.Generator(device=device).manual_seed(seed),
+                              initial=zeros, region=region)
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "incremental": {
+            "positions_timed": positions,
+            "seconds_median": incremental,
+            "seconds_runs": incremental_times,
+            "ms_per_position": 1000 * incremental / positions,
+        },
+        "naive": {
+            "positions_timed": naive_positions,
+            "seconds_timed": naive_seconds,
+            "ms_per_position": 1000 * naive_per_position,
+            "seconds_full_grid": naive_full,
+            "extrapolated": naive_positions < positions,
+        },
+        "speedup": naive_full / incremental,
+        "same_codes_on_timed_positions": bool(torch.equal(fast_codes, naive_codes)),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    machine = machine_info()  # before the timings: the load average is the one they started under
+    machine = machine_info("cpu")  # before the timings: the load average is the one they started under
     height, width = args.grid
-    positions = height * width
-    naive_positions = min(args.naive_positions or width, positions)
 
     torch.manual_seed(args.seed)
     model = GatedPixelCNN(
@@ -121,48 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         f"{parameters:,} parameters; {args.samples} samples of {height}x{width}",
         flush=True,
     )
-
-    # warm-up: one-off allocations and kernel selection out of the timings
-    sample_codes(model, args.samples, (1, min(width, 4)))
-    with torch.no_grad():
-        model(torch.zeros(args.samples, height, width, dtype=torch.long))
-
-    incremental_times = []
-    for repeat in range(args.repeats):
-        generator = torch.Generator().manual_seed(args.seed)
-        seconds, _ = timed(lambda g=generator: sample_codes(model, args.samples, args.grid, generator=g))
-        incremental_times.append(seconds)
-        print(f"incremental, full grid, run {repeat + 1}/{args.repeats}: {seconds:.2f} s", flush=True)
-    incremental = statistics.median(incremental_times)
-
-    # the naive sampler over the first positions only: a completion whose region is exactly those positions
-    zeros = torch.zeros(args.samples, height, width, dtype=torch.long)
-    region = first_positions(args.grid, naive_positions)
-    naive_seconds, naive_codes = timed(
-        lambda: sample_codes_naive(
-            model,
-            args.samples,
-            args.grid,
-            generator=torch.Generator().manual_seed(args.seed),
-            initial=zeros,
-            region=region,
-        )
-    )
-    print(f"naive, {naive_positions} positions: {naive_seconds:.2f} s", flush=True)
-    naive_per_position = naive_seconds / naive_positions
-    naive_full = naive_per_position * positions
-    extrapolated = naive_positions < positions
-
-    fast_codes = sample_codes(
-        model,
-        args.samples,
-        args.grid,
-        generator=torch.Generator().manual_seed(args.seed),
-        initial=zeros,
-        region=region,
-    )
-    agree = bool(torch.equal(fast_codes, naive_codes))
-
+    timings = time_samplers(model, args.samples, args.grid, args.naive_positions, args.repeats, args.seed)
     return {
         "config": {
             "samples": args.samples,
@@ -175,21 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "seed": args.seed,
         },
         "machine": machine,
-        "incremental": {
-            "positions_timed": positions,
-            "seconds_median": incremental,
-            "seconds_runs": incremental_times,
-            "ms_per_position": 1000 * incremental / positions,
-        },
-        "naive": {
-            "positions_timed": naive_positions,
-            "seconds_timed": naive_seconds,
-            "ms_per_position": 1000 * naive_per_position,
-            "seconds_full_grid": naive_full,
-            "extrapolated": extrapolated,
-        },
-        "speedup": naive_full / incremental,
-        "same_codes_on_timed_positions": agree,
+        **timings,
     }
 
 
@@ -224,9 +214,7 @@ def markdown(result: dict) -> str:
         "Both samplers drew the same codes on the timed positions from the same seed: "
         f"{'yes' if result['same_codes_on_timed_positions'] else 'NO'}.",
         "",
-        f"Machine: {machine['cpu_count']} CPUs ({machine['cpus_usable']} usable), torch {machine['torch']} "
-        f"with {machine['torch_threads']} thread(s), Python {machine['python']}, {machine['platform']}; "
-        f"load average at start {machine['load_average_at_start']}; {machine['date']}.",
+        f"Machine: {machine_summary(machine)}",
         "",
     ]
     return "\n".join(lines)
@@ -236,9 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     report = markdown(result)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "sampling.md").write_text(report)
-    (args.out_dir / "sampling.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(args.out_dir / "sampling.md", report)
+    write_text(args.out_dir / "sampling.json", json.dumps(result, indent=2) + "\n")
     print()
     print(report)
     print(f"written: {args.out_dir / 'sampling.md'}, {args.out_dir / 'sampling.json'}")

@@ -24,16 +24,14 @@ Writes ``<out-dir>/prior_quality.md`` and ``<out-dir>/prior_quality.json`` (atom
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_machine import machine_info, machine_summary
 from monai.data import DataLoader, Dataset
 
 from oasis_gen.codes import slice_labels
@@ -74,20 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--name", default="prior_quality", help="file name of the results (without suffix)")
     return parser.parse_args(argv)
-
-
-def machine_info(device: torch.device) -> dict[str, object]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpus_usable": affinity,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def load_slices(records: list[dict], image_size: int, batch_size: int) -> torch.Tensor:
@@ -216,8 +200,7 @@ def markdown(result: dict) -> str:
         f"Prior `{models['prior_ckpt']}` (K={prior['num_embeddings']}, {prior['grid_size']}x{prior['grid_size']} "
         f"grid, {prior['num_layers']} layers x {prior['channels']} channels, classes: {prior['num_classes']}); "
         f"VQ-VAE `{models['vqvae_ckpt']}` ({data['image_size']}px). Dataset `{result['settings']['dataset_dir']}`, "
-        f"{data['split']} split: {data['real_slices']} slices. {machine['device']}, {machine['cpus_usable']} CPUs, "
-        f"torch {machine['torch']}, {machine['date']}.",
+        f"{data['split']} split: {data['real_slices']} slices. Device {machine['device']}; {machine_summary(machine)}",
         "",
         f"## Held-out codes ({data['split']} split, {data['real_slices']} slices)",
         "",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,6 +20,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_machine import machine_info, machine_summary
+
+from oasis_gen.files import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--tag", default="vqvae_cpu", help="name of the result files")
     args = parser.parse_args()
 
+    machine = machine_summary(machine_info("cpu"))  # before the runs: the load average is the one they started under
     work = ROOT / args.work
     rows = []
     for name in args.candidates:
@@ -81,10 +84,8 @@ def main() -> None:
         })
         print(rows[-1], flush=True)
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
     lines = [f"# VQ-VAE at equal wall time ({args.minutes:g} min of training each)", "",
-             f"Machine: {machine}. Dataset: {args.dataset}. 128x128 slices, 32x32 code grid, K=256, D=32, "
+             f"Machine: {machine} Dataset: {args.dataset}. 128x128 slices, 32x32 code grid, K=256, D=32, "
              "batch 16, L1 + commitment loss. Wall time includes validation each epoch and the bundle's start-up.",
              f"Command: `.venv/bin/python benchmarks/vqvae_cpu.py --minutes {args.minutes:g} "
              f"--candidates {' '.join(args.candidates)} --max-epochs {args.max_epochs} --tag {args.tag}`", "",
@@ -93,10 +94,9 @@ def main() -> None:
     lines += [f"| {r['candidate']} | {r['channels']} | {r['parameters']:,} | {r['epochs']} | {r['train_wall_s']} | "
               f"{r['images_per_s']} | {r['test_ssim']:.4f} ± {r['test_ssim_std']:.4f} | {r['test_psnr']:.2f} |"
               for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"machine": machine, "minutes": args.minutes,
-                                                          "rows": rows}, indent=2))
+    write_text(RESULTS / f"{args.tag}.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / f"{args.tag}.json", json.dumps({"machine": machine, "minutes": args.minutes, "rows": rows},
+                                                        indent=2))
     print("\n".join(lines))
 
 
