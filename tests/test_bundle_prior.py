@@ -30,7 +30,7 @@ LAYOUT = (("train", 3, 4), ("validate", 1, 4))  # 12 train and 4 validation slic
 
 def prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: object) -> list[str]:
     return overrides(dataset_dir=data, vqvae_ckpt=vqvae, output_dir=out, tracking_uri=store, channels=8,
-                     num_layers=2, batch_size=4, max_epochs=1, num_pictures=2, progress="False", **extra)
+                     num_layers=2, batch_size=4, max_epochs=1, num_pictures=2, progress="False", log_every=1, **extra)
 
 
 @pytest.fixture(scope="module")

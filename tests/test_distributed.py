@@ -93,7 +93,7 @@ def prior_run(vqvae_run, tmp_path_factory) -> dict:
     result = torchrun("-m", "monai.bundle", "run", "training", "--config_file", bundle_files(TRAIN_PRIOR, MULTI_PRIOR),
                       *overrides(dataset_dir=vqvae_run["data"], vqvae_ckpt=vqvae, output_dir=out, tracking_uri=store,
                                  channels=8, num_layers=2, batch_size=4, max_epochs=2, num_pictures=2,
-                                 progress="False"))
+                                 progress="False", log_every=1))
     assert result.returncode == 0, result.stderr[-4000:]
     return {"out": out, "store": store, "log": result.stdout + result.stderr, "vqvae": vqvae}
 
