@@ -1,15 +1,110 @@
-"""The ``oasis-gen`` command: thin fronts over the data layer and the bundle configs."""
+"""The ``oasis-gen`` command: thin fronts over the data layer, the bundle configs and the pipelines.
+
+Every training, evaluation, sampling and inference command runs its bundle config as
+``python -m monai.bundle run <id> --config_file bundle/configs/<config>.yaml --key value ...`` in a subprocess (its
+exit code is passed on); options not listed in a command's help are passed through as bundle overrides.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from oasis_gen.errors import ConfigError, OasisGenError
 
 DEFAULT_DEMO_DIR = "data/demo"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A documented option of a bundle command and the config key it sets."""
+
+    flag: str
+    key: str
+    type: type = str
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class BundleCommand:
+    """A command that runs one bundle config's run id."""
+
+    name: str
+    config: str
+    run_id: str
+    help: str
+    example: str
+    options: tuple[Option, ...] = ()
+    positional: Option | None = None     # flag is the metavar; nargs "?" unless required
+    positional_required: bool = False
+
+
+_DATA_DIR = Option("DATA_DIR", "dataset_dir", str, "dataset root: OASIS slice folders, train/validate/test folders, "
+                                                   "a flat folder or volumes (default: the demo cohort in data/demo)")
+_COMMON = (
+    Option("--tracking-uri", "tracking_uri", str, "MLflow store: folder, .db file or server URL (default mlruns)"),
+    Option("--experiment-name", "experiment_name", str, "MLflow experiment (default oasis-gen)"),
+)
+BUNDLE_COMMANDS = (
+    BundleCommand(
+        "train", "train.yaml", "training", "train the VQ-VAE (bundle/configs/train.yaml)",
+        "oasis-gen train data/demo --output-dir runs/vqvae --epochs 30\n"
+        "  oasis-gen train /data/OASIS --config oasis256.yaml --output-dir runs/oasis256 --num_workers 8",
+        (Option("--output-dir", "output_dir", str, "checkpoints, pictures, config.yaml (default runs/vqvae)"),
+         Option("--epochs", "max_epochs", int, "epochs to train (default 30)"),
+         Option("--minutes", "time_limit_minutes", float, "stop at the last epoch that ends within this time"),
+         Option("--image-size", "image_size", int, "slice size in pixels (default 128)"),
+         Option("--batch-size", "batch_size", int, "slices per batch (default 16)")),
+        _DATA_DIR),
+    BundleCommand(
+        "train-prior", "train_prior.yaml", "training", "train the Gated PixelCNN prior on the VQ-VAE's codes "
+        "(bundle/configs/train_prior.yaml)",
+        "oasis-gen train-prior data/demo --vqvae-ckpt runs/vqvae/checkpoints/model.pt --output-dir runs/prior "
+        "--epochs 10",
+        (Option("--vqvae-ckpt", "vqvae_ckpt", str, "the trained VQ-VAE (default runs/vqvae/checkpoints/model.pt)"),
+         Option("--output-dir", "output_dir", str, "checkpoints, cached codes, pictures (default runs/prior)"),
+         Option("--epochs", "max_epochs", int, "epochs to train (default 30)"),
+         Option("--minutes", "time_limit_minutes", float, "stop at the last epoch that ends within this time"),
+         Option("--num-classes", "num_classes", int, "condition on the slice position in N buckets (default: none)")),
+        _DATA_DIR),
+    BundleCommand(
+        "evaluate", "evaluate.yaml", "evaluating", "evaluate a trained VQ-VAE on a split "
+        "(bundle/configs/evaluate.yaml): per-image SSIM, PSNR, MSE and a summary",
+        "oasis-gen evaluate data/demo --output-dir runs/vqvae --split test",
+        (Option("--output-dir", "output_dir", str, "the VQ-VAE's training folder (default runs/vqvae); results go "
+                                                   "to its evaluation/ folder"),
+         Option("--split", "split", str, "train | validate | test (default test)")),
+        _DATA_DIR),
+    BundleCommand(
+        "sample", "sample.yaml", "sampling", "draw new slices from a trained prior, or complete part of a slice "
+        "(bundle/configs/sample.yaml)",
+        "oasis-gen sample --prior-ckpt runs/prior/checkpoints/model.pt --output-dir runs/samples --num-samples 16\n"
+        "  oasis-gen sample --complete-scan data/demo/keras_png_slices_test/case_002_slice_16.nii.png "
+        "--region bottom_half",
+        (Option("--prior-ckpt", "prior_ckpt", str, "the trained prior (default runs/prior/checkpoints/model.pt)"),
+         Option("--output-dir", "output_dir", str, "samples, grid.png, summary.json (default runs/samples)"),
+         Option("--num-samples", "num_samples", int, "slices to draw (default 16)"),
+         Option("--temperature", "temperature", float, "< 1 sharper, > 1 more varied (default 1.0)"),
+         Option("--seed", "seed", int, "same seed, same samples (default 0)"),
+         Option("--complete-scan", "complete_scan", str, "a slice or volume whose region is completed"),
+         Option("--region", "region", str, "bottom_half | top_half | left_half | right_half | center | rows:A-B"))),
+    BundleCommand(
+        "infer", "inference.yaml", "inferring", "run the trained models on new scans (bundle/configs/inference.yaml): "
+        "reconstructions, codes, per-scan metrics and prior NLL maps",
+        "oasis-gen infer /data/new_scans --output-dir runs/inference\n"
+        "  oasis-gen infer scan.nii.gz --vqvae-ckpt runs/vqvae/checkpoints/model.pt "
+        "--prior-ckpt runs/prior/checkpoints/model.pt",
+        (Option("--vqvae-ckpt", "vqvae_ckpt", str, "the trained VQ-VAE"),
+         Option("--prior-ckpt", "prior_ckpt", str, "the trained prior"),
+         Option("--output-dir", "inference_dir", str, "where the results go")),
+        Option("INPUT", "input", str, "a scan (PNG, NIfTI, Analyze) or a folder of scans"), positional_required=True),
+)
+PASS_THROUGH = "any other --key value, a setting of bundle/configs/{config}, is passed to the bundle as an override"
 
 
 def _ratios(text: str) -> tuple[float, float, float]:
@@ -46,16 +141,101 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Run the command's bundle config with the options given as overrides; return the bundle's exit code."""
+    from oasis_gen.bundles import config_path, override_args, run_bundle
+
+    command: BundleCommand = args.bundle_command
+    configs = [config_path(command.config)] + [config_path(name, "--config") for name in args.config or []]
+    options = [*command.options, *_COMMON, *([command.positional] if command.positional else [])]
+    overrides = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key, None) is not None}
+    return run_bundle(command.run_id, configs, [*override_args(overrides), *args.overrides])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    """Run a pipeline file; exit 1 when a stage fails (its error line is printed)."""
+    from oasis_gen.pipeline import default_pipeline, load_pipeline
+    from oasis_gen.pipeline_runner import StageFailed, run_pipeline
+
+    pipeline = load_pipeline(args.file or default_pipeline(), args.set or [])
+    force = True if args.force == [] else (args.force or False)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped pipeline marks its run KILLED, stops its stage
+    try:
+        run_pipeline(pipeline, force=force, only=args.only or (), dry_run=args.dry_run)
+    except StageFailed as err:
+        print(f"oasis-gen: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the MLflow UI on the project's store until interrupted."""
+    from oasis_gen.ui import start_mlflow_ui, stop_mlflow_ui
+
+    print(f"starting the MLflow UI on {args.store or 'mlruns'} ...", flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    server = None
+    try:
+        server, url = start_mlflow_ui(args.store, host=args.host, port=args.port, workers=args.workers)
+        print(f"MLflow UI: {url}  (Ctrl-C stops it)", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, TimeoutError) as err:  # the server did not come up: say why in one line
+        print(f"oasis-gen: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            stop_mlflow_ui(server)
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks."""
+
+
+def _add_bundle_command(commands: argparse._SubParsersAction, command: BundleCommand) -> argparse.ArgumentParser:
+    epilog = f"example:\n  {command.example}\n\n" + PASS_THROUGH.format(config=command.config)
+    parser = commands.add_parser(command.name, help=command.help, description=command.help, epilog=epilog,
+                                 formatter_class=_HelpFormatter, allow_abbrev=False)
+    if command.positional:
+        p = command.positional
+        parser.add_argument(p.key, metavar=p.flag, nargs=None if command.positional_required else "?", help=p.help)
+    for option in (*command.options, *_COMMON):
+        parser.add_argument(option.flag, dest=option.key, type=option.type, help=option.help,
+                            metavar=option.flag[2:].upper().replace("-", "_"))
+    parser.add_argument("--config", action="append", metavar="FILE",
+                        help=f"another config merged over {command.config} (repeatable; bare names are in "
+                             "bundle/configs)")
+    parser.set_defaults(func=cmd_bundle, bundle_command=command)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="oasis-gen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="oasis-gen", description=__doc__, formatter_class=_HelpFormatter,
+        epilog="examples:\n  oasis-gen pipeline run pipelines/demo.yaml      # the whole demo, minutes on a CPU\n"
+               "  oasis-gen train /data/OASIS --output-dir runs/vqvae --epochs 30\n"
+               "  oasis-gen ui                                    # then open http://127.0.0.1:5000\n\n"
+               "`oasis-gen COMMAND --help` tells more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="build the demo cohort or check a dataset")
+    data = commands.add_parser("data", help="build the demo cohort or check a dataset",
+                               epilog="example:\n  oasis-gen data demo data/demo\n  oasis-gen data check /data/OASIS",
+                               formatter_class=_HelpFormatter)
     data_commands = data.add_subparsers(dest="data_command", required=True)
 
-    demo = data_commands.add_parser("demo", help="write the demo cohort (OASIS PNG layout) from the MNI152 template")
+    demo = data_commands.add_parser("demo", help="write the demo cohort (OASIS PNG layout) from the MNI152 template",
+                                    epilog="example:\n  oasis-gen data demo data/demo --subjects 60 --size 128",
+                                    formatter_class=_HelpFormatter)
     demo.add_argument("out", nargs="?", default=DEFAULT_DEMO_DIR, help=f"output folder (default {DEFAULT_DEMO_DIR})")
     demo.add_argument("--subjects", type=int, default=60, help="pseudo-subjects (default 60)")
     demo.add_argument("--size", type=int, default=128, help="slice size in pixels (default 128)")
@@ -63,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=cmd_data_demo)
 
-    check = data_commands.add_parser("check", help="summarise a dataset and list every problem with its file")
+    check = data_commands.add_parser("check", help="summarise a dataset and list every problem with its file",
+                                     epilog="example:\n  oasis-gen data check /data/OASIS --split-ratios 0.8,0.1,0.1",
+                                     formatter_class=_HelpFormatter)
     check.add_argument("root", help="dataset root: OASIS slice folders, train/validate/test, or a flat folder")
     check.add_argument("--split-ratios", type=_ratios, default=(0.8, 0.1, 0.1),
                        help="train,validate,test ratios for folders without splits (default 0.8,0.1,0.1)")
@@ -73,12 +255,91 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep volume slices with at least this fraction of brain (default 0.1)")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_data_check)
+
+    for command in BUNDLE_COMMANDS:
+        _add_bundle_command(commands, command)
+
+    pipeline = commands.add_parser("pipeline", help="run a pipeline of stages (pipelines/*.yaml)",
+                                   epilog="example:\n  oasis-gen pipeline run pipelines/demo.yaml",
+                                   formatter_class=_HelpFormatter)
+    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    run = pipeline_commands.add_parser(
+        "run", help="run a pipeline's stages, skipping those that are done", formatter_class=_HelpFormatter,
+        description="Run the stages of a pipeline file in order. A stage whose outputs exist and whose resolved "
+                    "configuration is unchanged since it last finished is skipped; a stage that runs again makes "
+                    "the stages that need it run again. Exit 0 done, 1 a stage failed, 2 a bad pipeline file.",
+        epilog="examples:\n  oasis-gen pipeline run pipelines/demo.yaml\n"
+               "  oasis-gen pipeline run pipelines/oasis.yaml --set data_dir=/data/OASIS\n"
+               "  oasis-gen pipeline run pipelines/demo.yaml --set vqvae.max_epochs=10 --force prior\n"
+               "  oasis-gen pipeline run pipelines/demo.yaml --only sampling --set sampling.num_samples=64")
+    run.add_argument("file", nargs="?", help="the pipeline file (default: pipelines/demo.yaml of the checkout)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="set a variable (data_dir=/data/OASIS) or a stage's override (vqvae.max_epochs=10); "
+                          "repeatable")
+    run.add_argument("--force", nargs="*", metavar="STAGE",
+                     help="run these stages again even if they are done (no names: every stage)")
+    run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    run.add_argument("--dry-run", action="store_true", help="say what would run and why, run nothing")
+    run.set_defaults(func=cmd_pipeline_run)
+
+    ui = commands.add_parser("ui", help="serve the MLflow UI on the project's store",
+                             epilog="example:\n  oasis-gen ui            # then open http://127.0.0.1:5000\n"
+                                    "  oasis-gen ui --store runs/other/mlruns --port 5001",
+                             formatter_class=_HelpFormatter)
+    ui.add_argument("--store", default=None, help="MLflow store: a folder, a .db file or a URI (default mlruns)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    ui.set_defaults(func=cmd_ui)
     return parser
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate a bundle command's own options from the ``--key value`` overrides passed through to the bundle."""
+    argv = list(argv)
+    names = {c.name for c in BUNDLE_COMMANDS}
+    position = next((i for i, token in enumerate(argv) if token in names), None)
+    if position is None:
+        return argv, []
+    subparser = _subparser(parser, argv[position])
+    known = {flag for action in subparser._actions for flag in action.option_strings}
+    kept, passed = argv[:position + 1], []
+    rest = argv[position + 1:]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        flag = token.split("=", 1)[0]
+        if token.startswith("--") and len(token) > 2 and flag not in known:
+            if "=" in token:
+                passed.append(token)
+            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                passed += [token, rest[i + 1]]
+                i += 1
+            else:
+                raise ConfigError(token[2:], f"an override needs a value: {token} VALUE")
+        else:
+            kept.append(token)
+        i += 1
+    return kept, passed
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the oasis-gen command; errors the user can fix print one line, not a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        kept, passed = split_overrides(parser, sys.argv[1:] if argv is None else argv)
+    except OasisGenError as err:
+        print(f"oasis-gen: error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(kept)
+    args.overrides = passed
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
@@ -88,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oasis-gen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # Python flushes stdout again at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,9 @@ from oasis_gen.files import write_text
 
 DEFAULT_STORE = "mlruns"
 RUN_NAME_FILE = "mlflow_run_name.txt"
+# a pipeline passes its MLflow run id to the stages it starts; their runs become its children in the UI
+PARENT_RUN_ENV = "OASIS_GEN_PARENT_RUN_ID"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
 def sqlite_uri(db_path: str | Path) -> str:
@@ -80,11 +84,17 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 
 def run_tags(stage: str) -> dict[str, str]:
-    """Tags every run carries: the git commit (MLflow's own tag, shown in its UI), stage and version."""
+    """Tags every run carries: the git commit (MLflow's own tag, shown in its UI), stage and version.
+
+    Under a pipeline (``OASIS_GEN_PARENT_RUN_ID`` set), also ``mlflow.parentRunId``: the UI nests the run there.
+    """
     tags = {"stage": stage, "oasis_gen.version": oasis_gen.__version__}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    parent = os.environ.get(PARENT_RUN_ENV, "").strip()
+    if parent:
+        tags[PARENT_RUN_TAG] = parent
     return tags
 
 
@@ -110,6 +120,19 @@ def data_params(report: Any) -> dict[str, Any]:
     return params
 
 
+def experiment_id(client: Any, experiment_name: str, tracking_uri: str) -> str:
+    """The id of an experiment, created if missing with its artifacts beside a local store."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(experiment_name, artifact_location=artifact_location(tracking_uri))
+    except MlflowException:  # created by another process in the meantime
+        return client.get_experiment_by_name(experiment_name).experiment_id
+
+
 def log_run(
     tracking_uri: str | None,
     experiment_name: str,
@@ -127,19 +150,11 @@ def log_run(
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        try:
-            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
-        except MlflowException:  # created by another process in the meantime
-            experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    run_id = client.create_run(experiment_id(client, experiment_name, uri), run_name=run_name,
+                               tags=dict(tags or {})).info.run_id
     try:
         now = int(time.time() * 1000)
         fresh = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]

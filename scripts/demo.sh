@@ -1,36 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: build and check the demo cohort, train and evaluate the VQ-VAE,
-# train the Gated PixelCNN prior on its codes, then draw new slices and complete a test slice.
+# The main job on the embedded default: the demo pipeline (pipelines/demo.yaml). It builds the demo cohort, trains
+# and evaluates the VQ-VAE, encodes the slices, trains the Gated PixelCNN prior on the codes, draws new slices,
+# completes a test slice and runs inference on the test scans; then it prints where the pictures, metrics and the
+# MLflow UI are. Finished stages are skipped on the next run (--force re-runs them).
+#
+#   bash scripts/demo.sh [--force] [--set vqvae_minutes=5 ...]     (extra arguments go to `oasis-gen pipeline run`)
+#
+# The variables below, when set, change the pipeline's variables of the same meaning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-DEMO=${DEMO_DIR:-data/demo}
-RUNS=${RUNS_DIR:-runs/demo}
-EPOCHS=${DEMO_EPOCHS:-6}               # about 3 minutes on a 2-core CPU with the default network
-MINUTES=${DEMO_MINUTES:-5}             # a ceiling for slower machines: training stops at the last epoch that fits
-PRIOR_MINUTES=${DEMO_PRIOR_MINUTES:-3}
-
-.venv/bin/oasis-gen data demo "$DEMO"
-.venv/bin/oasis-gen data check "$DEMO" -q
-$PY -m monai.bundle run training --config_file bundle/configs/train.yaml \
-    --dataset_dir "$DEMO" --output_dir "$RUNS/vqvae" --max_epochs "$EPOCHS" --time_limit_minutes "$MINUTES"
-$PY -m monai.bundle run evaluating --config_file bundle/configs/evaluate.yaml \
-    --dataset_dir "$DEMO" --output_dir "$RUNS/vqvae"
-$PY -m monai.bundle run training --config_file bundle/configs/train_prior.yaml \
-    --dataset_dir "$DEMO" --vqvae_ckpt "$RUNS/vqvae/checkpoints/model.pt" --output_dir "$RUNS/prior" \
-    --max_epochs 4 --time_limit_minutes "$PRIOR_MINUTES"
-SCAN=$(ls "$DEMO"/keras_png_slices_test/*slice_16.nii.png | head -n 1)
-$PY -m monai.bundle run sampling --config_file bundle/configs/sample.yaml \
-    --prior_ckpt "$RUNS/prior/checkpoints/model.pt" --output_dir "$RUNS/samples" --num_samples 16 \
-    --complete_scan "$SCAN" --region bottom_half
-
-cat <<TXT
-
-Done. Where to look:
-  reconstructions  $RUNS/vqvae/pictures/ and $RUNS/vqvae/evaluation/pictures/
-  metrics          $RUNS/vqvae/evaluation/per_image.csv and summary.json (test SSIM, PSNR, MSE per slice)
-  prior samples    $RUNS/prior/pictures/ (each validation), $RUNS/samples/grid.png (new slices and code maps)
-  completion       $RUNS/samples/completion/grid.png (original | masked | completions of the bottom half)
-  MLflow UI        .venv/bin/mlflow ui --backend-store-uri sqlite:///$(pwd)/mlruns/mlflow.db --host 127.0.0.1
-                   then open http://127.0.0.1:5000 (experiment "oasis-gen")
-TXT
+SETS=()
+[ -n "${DEMO_DIR:-}" ] && SETS+=(--set "data_dir=$DEMO_DIR")
+[ -n "${RUNS_DIR:-}" ] && SETS+=(--set "runs_dir=$RUNS_DIR")
+[ -n "${DEMO_EPOCHS:-}" ] && SETS+=(--set "vqvae_epochs=$DEMO_EPOCHS")
+[ -n "${DEMO_MINUTES:-}" ] && SETS+=(--set "vqvae_minutes=$DEMO_MINUTES")
+[ -n "${DEMO_PRIOR_MINUTES:-}" ] && SETS+=(--set "prior_minutes=$DEMO_PRIOR_MINUTES")
+exec .venv/bin/oasis-gen pipeline run pipelines/demo.yaml ${SETS[@]+"${SETS[@]}"} "$@"
