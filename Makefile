@@ -12,8 +12,8 @@ ui: setup
 	.venv/bin/oasis-gen ui
 
 test: setup
-	.venv/bin/python -m ruff check oasis_gen tests benchmarks
+	.venv/bin/python -m ruff check oasis_gen tests benchmarks scripts
 	.venv/bin/python -m pytest -q
 
 lint: setup
-	.venv/bin/python -m ruff check oasis_gen tests benchmarks
+	.venv/bin/python -m ruff check oasis_gen tests benchmarks scripts

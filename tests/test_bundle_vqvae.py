@@ -31,7 +31,8 @@ def trained(tiny_data, tmp_path_factory) -> dict:
     """One 2-epoch training run through the CLI, shared by the tests that inspect its results."""
     work = tmp_path_factory.mktemp("run")
     out, store = work / "out", work / "mlruns"
-    result = bundle("run", "training", "--config_file", TRAIN, *tiny_overrides(tiny_data, out, store, max_epochs=2, log_every=2))
+    result = bundle("run", "training", "--config_file", TRAIN,
+                    *tiny_overrides(tiny_data, out, store, max_epochs=2, log_every=2))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "store": store, "result": result, "data": tiny_data}
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, ROOT, run_bundle, tiny_vqvae_overrides, write_oasis_slices
+from conftest import ROOT, run_bundle, write_oasis_slices
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from PIL import Image
@@ -52,14 +52,28 @@ def require_chromium() -> str:
     pytest.skip("Chromium not found: apt-get install chromium (or set $CHROMIUM) to test the MLflow UI")
 
 
+UI_PIPELINE = """\
+name: ui
+variables: {runs_dir: runs, tracking_uri: mlruns}
+stages:
+  vqvae:
+    config: train.yaml
+    run: training
+    overrides: {dataset_dir: data, output_dir: "${runs_dir}/vqvae", image_size: 32, batch_size: 4, channels: [8, 16],
+                num_embeddings: 16, embedding_dim: 8, max_epochs: 1, log_every: 1, progress: false}
+    outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
+"""
+
+
 def fill_store(work: Path) -> Path:
-    """A store filled by a tiny real run through the bundle CLI; return the store folder."""
-    data, store = write_oasis_slices(work / "data"), work / "mlruns"
-    # one VQ-VAE epoch logs what the UI must show: params, metrics per epoch, pictures, the config
-    result = run_bundle("run", "training", "--config_file", str(CONFIGS / "train.yaml"),
-                        *tiny_vqvae_overrides(data, work / "out", store, max_epochs=1))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return store
+    """A store filled by a tiny real pipeline run (``oasis-gen pipeline run``); return the store folder."""
+    write_oasis_slices(work / "data")
+    (work / "ui.yaml").write_text(UI_PIPELINE)
+    # one VQ-VAE epoch logs what the UI must show: params, metrics per epoch, pictures, the config; the pipeline
+    # adds its parent run, with the stage nested under it
+    result = run_bundle("pipeline", "run", "ui.yaml", cwd=work, module="oasis_gen.cli")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work / "mlruns"
 
 
 def as_javascript_prints(value: float) -> str:
@@ -129,8 +143,11 @@ def test_experiment_list_leads_to_the_run(browser, ui, shown):
     # MLflow 3 opens an experiment on its GenAI view until the user picks "Model training" in the sidebar
     assert browser.click_text("[role=button]", "Model training")
     assert browser.click_text("a", shown.experiment)
-    text = browser.wait_for_text(shown.run_name, "matching run")
-    assert re.search(r"(?<!\d)1 matching run\b", text)  # the store holds this one run
+    # the pipeline's parent run is listed, with the stage's run nested (collapsed) under it
+    parent = MlflowClient(resolve_tracking_uri(str(shown.store))).get_run(shown.run.data.tags["mlflow.parentRunId"])
+    text = browser.wait_for_text(parent.info.run_name, "matching runs")
+    assert parent.info.run_name.startswith("pipeline-ui-")
+    assert re.search(r"(?<!\d)2 matching runs\b", text)  # the store holds the parent and its one stage
     assert shown.run_name.startswith("vqvae-32px-K16-D8-")
     assert f"/#/experiments/{shown.experiment_id}/runs" in browser.evaluate("location.href")
 
