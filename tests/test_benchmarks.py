@@ -97,12 +97,14 @@ def test_quick_run_measures_what_it_says(quick_run):
     assert len(bundle["iteration_seconds"]) == QUICK.pipeline_epochs * (per_epoch - 1)
     assert len(result["pipeline"]["bare_iteration_seconds"]) == len(bundle["iteration_seconds"])
     parts = result["pipeline"]["parts_per_iteration"]
-    assert any(name.startswith("MLFlowHandler.iteration_completed") for name in parts), list(parts)
     assert any("forward hook" in name for name in parts), list(parts)
     variants = result["pipeline"]["variants"]
-    assert variants["log_every 20"]["overrides"] == {"log_every": 20}
+    # the former default logs to MLflow every iteration, and the profile shows it
+    every = variants["log_every 1 (former default)"]
+    assert every["overrides"] == {"log_every": 1}
+    assert any(name.startswith("MLFlowHandler.iteration_completed") for name in every["parts_per_iteration"])
     # the variant without decollation really runs without it, and its loss still reaches MLflow
-    undecollated = variants["log_every 20, trainer without decollation"]
+    undecollated = variants["trainer without decollation"]
     assert undecollated["overrides"]["train#trainer#decollate"] is False
     assert not any("decollate" in name for name in undecollated["parts_per_iteration"])
     assert any("decollate" in name for name in parts)
