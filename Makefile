@@ -13,7 +13,7 @@ ui: setup
 
 test: setup
 	.venv/bin/python -m ruff check oasis_gen tests benchmarks scripts
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile   # modules on both cores; a module's fixtures stay in one worker
 
 lint: setup
 	.venv/bin/python -m ruff check oasis_gen tests benchmarks scripts
