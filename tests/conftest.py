@@ -94,6 +94,14 @@ def tiny_vqvae_overrides(data: Path, out: Path, store: Path, **extra: object) ->
     return overrides(**values)
 
 
+def tiny_prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: object) -> list[str]:
+    """Overrides that make train_prior.yaml train a tiny Gated PixelCNN (8 channels, 2 layers) for one epoch."""
+    values = {"dataset_dir": data, "vqvae_ckpt": vqvae, "output_dir": out, "tracking_uri": store, "channels": 8,
+              "num_layers": 2, "batch_size": 4, "max_epochs": 1, "num_pictures": 2, "progress": "False",
+              "log_every": 1, **extra}
+    return overrides(**values)
+
+
 def write_oasis_slices(root: Path, size: int = 40, layout=(("train", 3, 4), ("validate", 1, 4), ("test", 2, 3))
                        ) -> Path:
     """Slices in the OASIS keras layout: per split, (name, subjects, slices per subject); subjects numbered on."""

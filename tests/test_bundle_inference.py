@@ -18,6 +18,7 @@ from conftest import (
     brain_slice,
     brain_volume,
     overrides,
+    tiny_prior_overrides,
     tiny_vqvae_overrides,
     write_analyze,
     write_nifti,
@@ -61,9 +62,8 @@ def models(tmp_path_factory) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     vqvae = work / "vqvae" / "checkpoints" / "model.pt"
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *overrides(dataset_dir=data, vqvae_ckpt=vqvae, output_dir=work / "prior",
-                               tracking_uri=work / "mlruns", channels=8, num_layers=2, batch_size=4, max_epochs=20,
-                               learning_rate=0.01, num_pictures=0, progress="False"))
+                    *tiny_prior_overrides(data, vqvae, work / "prior", work / "mlruns", max_epochs=20,
+                                         learning_rate=0.01, num_pictures=0))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"vqvae": vqvae, "prior": work / "prior" / "checkpoints" / "model.pt", "work": work}
 

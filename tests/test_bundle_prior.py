@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, brain_slice, overrides, tiny_vqvae_overrides, write_oasis_slices, write_png
+from conftest import (
+    CONFIGS,
+    brain_slice,
+    tiny_prior_overrides,
+    tiny_vqvae_overrides,
+    write_oasis_slices,
+    write_png,
+)
 from conftest import run_bundle as bundle
 from mlflow import MlflowClient
 
@@ -26,11 +33,6 @@ from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 TRAIN = str(CONFIGS / "train.yaml")
 TRAIN_PRIOR = str(CONFIGS / "train_prior.yaml")
 LAYOUT = (("train", 3, 4), ("validate", 1, 4))  # 12 train and 4 validation slices
-
-
-def prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extra: object) -> list[str]:
-    return overrides(dataset_dir=data, vqvae_ckpt=vqvae, output_dir=out, tracking_uri=store, channels=8,
-                     num_layers=2, batch_size=4, max_epochs=1, num_pictures=2, progress="False", log_every=1, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def prior_run(tiny_data, vqvae_ckpt, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("prior")
     out, store = work / "out", work / "mlruns"
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *prior_overrides(tiny_data, vqvae_ckpt, out, store))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, store))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "store": store, "result": result}
 
@@ -110,7 +112,7 @@ def test_second_run_reuses_the_cached_codes(prior_run, tiny_data, vqvae_ckpt, tm
     out = tmp_path / "out"
     shutil.copytree(prior_run["out"] / "codes", out / "codes")
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns", num_classes=2))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns", num_classes=2))
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "reusing cached codes of the train split (12 grids)" in log
@@ -123,7 +125,7 @@ def test_second_run_reuses_the_cached_codes(prior_run, tiny_data, vqvae_ckpt, tm
 def test_missing_vqvae_checkpoint_fails_with_one_clear_line(tiny_data, tmp_path):
     missing = tmp_path / "nowhere" / "model.pt"
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *prior_overrides(tiny_data, missing, tmp_path / "out", tmp_path / "mlruns"))
+                    *tiny_prior_overrides(tiny_data, missing, tmp_path / "out", tmp_path / "mlruns"))
     assert result.returncode != 0
     assert f"{missing}: checkpoint not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -138,7 +140,7 @@ def test_resuming_a_prior_made_for_another_codebook_is_refused(tiny_data, vqvae_
     torch.save({"model": GatedPixelCNN(512, channels=8, num_layers=2).state_dict(), "spec": other.state_dict()},
                stale)
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns"))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns"))
     assert result.returncode != 0
     assert f"{stale}: prior checkpoint models K=512 codes but the VQ-VAE {vqvae_ckpt} has K=16 codes" in result.stderr
     assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, overrides, tiny_vqvae_overrides, write_oasis_slices
+from conftest import CONFIGS, ROOT, tiny_prior_overrides, tiny_vqvae_overrides, write_oasis_slices
 from conftest import run_bundle as bundle
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -231,9 +231,7 @@ def test_vqvae_checkpoint_in_a_prior_output_dir_stops_the_prior_with_one_line(ti
     out = tmp_path / "prior"
     stray = save_resumable(out / "checkpoints" / "last_checkpoint_epoch=2.pt", spec, epochs=2)
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *overrides(dataset_dir=tiny_data, vqvae_ckpt=vqvae_ckpt, output_dir=out,
-                               tracking_uri=tmp_path / "mlruns", channels=8, num_layers=2, max_epochs=3,
-                               progress="False"))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns", max_epochs=3))
     assert result.returncode != 0
     assert (f"oasis-gen: error: {stray}: cannot resume: it holds a VQ-VAE, but this run trains a Gated PixelCNN "
             "prior; delete it") in result.stderr, result.stderr[-3000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, overrides, tiny_vqvae_overrides, write_oasis_slices
+from conftest import CONFIGS, ROOT, tiny_prior_overrides, tiny_vqvae_overrides, write_oasis_slices
 from monai.bundle import ConfigParser
 from monai.handlers import StatsHandler
 
@@ -91,9 +91,7 @@ def prior_run(vqvae_run, tmp_path_factory) -> dict:
     out, store = work / "out", work / "mlruns"
     vqvae = vqvae_run["out"] / "checkpoints" / "model.pt"
     result = torchrun("-m", "monai.bundle", "run", "training", "--config_file", bundle_files(TRAIN_PRIOR, MULTI_PRIOR),
-                      *overrides(dataset_dir=vqvae_run["data"], vqvae_ckpt=vqvae, output_dir=out, tracking_uri=store,
-                                 channels=8, num_layers=2, batch_size=4, max_epochs=2, num_pictures=2,
-                                 progress="False", log_every=1))
+                      *tiny_prior_overrides(vqvae_run["data"], vqvae, out, store, max_epochs=2))
     assert result.returncode == 0, result.stderr[-4000:]
     return {"out": out, "store": store, "log": result.stdout + result.stderr, "vqvae": vqvae}
 
