@@ -256,6 +256,7 @@ try:
     engine.run([0], max_epochs=2)
 except distributed.ReplicaMismatchError as error:
     found["error"] = str(error)
+del check, engine, network  # as a training run ends: nothing holds the process group when it is destroyed
 distributed.destroy_process_group()
 json.dump(found, open(f"{folder}/found_{rank}.json", "w"))
 """

@@ -6,6 +6,7 @@ in a single process too (rank 0 of a world of one), so handlers may call them un
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import json
@@ -74,8 +75,14 @@ def init_process_group(backend: str | None = None) -> None:
 
 
 def destroy_process_group() -> None:
-    """Close the process group (no-op when none is open), after a last barrier so no rank leaves early."""
+    """Close the process group (no-op when none is open), after a last barrier so no rank leaves early.
+
+    Garbage is collected first: a rank that stopped on an exception keeps its frames (and any collective's work
+    object with its tensors) in reference cycles, and gloo aborts the process (SIGABRT, "terminate called without
+    an active exception") if such work is only freed during interpreter shutdown, after the group is gone.
+    """
     if is_distributed():
+        gc.collect()
         barrier()
         dist.destroy_process_group()
 
