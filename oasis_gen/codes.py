@@ -25,7 +25,7 @@ from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.files import atomic_path
 from oasis_gen.networks.pixelcnn import pixelcnn_spec
 from oasis_gen.networks.spec import ModelSpec, file_sha256, read_checkpoint
-from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.networks.vqvae import load_vqvae, require_single_level
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def encode_codes(
         dataset = dataset_or_records
     else:
         dataset = Dataset(data=list(dataset_or_records), transform=eval_transforms(int(image_size), "uint8"))
+    require_single_level(vqvae, "the code cache of the prior")
     quantizer = vqvae.quantizer.quantizer
     dtype = code_dtype(int(quantizer.num_embeddings))
     loader = DataLoader(dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=0)

@@ -580,6 +580,12 @@ def _vqvae_device(vqvae: torch.nn.Module) -> torch.device:
     return next(vqvae.parameters()).device
 
 
+def _single_level(vqvae: torch.nn.Module) -> None:
+    from oasis_gen.networks.vqvae import require_single_level
+
+    require_single_level(vqvae, "sampling and completion with a prior")
+
+
 def encode_images(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """
     Code indices of images ``[N, 1, H, W]`` in [0, 1]: int64 ``[N, h, w]`` on the VQ-VAE's device.
@@ -589,6 +595,7 @@ def encode_images(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int 
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor of shape [N, 1, H, W], got {shape}")
+    _single_level(vqvae)
     device = _vqvae_device(vqvae)
     with _inference(vqvae):
         parts = [vqvae.index_quantize(images[start:start + batch_size].to(device).float())
@@ -605,6 +612,7 @@ def decode_codes(vqvae: torch.nn.Module, codes: torch.Tensor, batch_size: int = 
     if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
         shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise ValueError(f"codes must be a tensor of shape [N, h, w], got {shape}")
+    _single_level(vqvae)
     num_embeddings = int(vqvae.quantizer.quantizer.num_embeddings)
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= num_embeddings):
         raise ValueError(f"codes must lie in [0, {num_embeddings}) for this VQ-VAE, "

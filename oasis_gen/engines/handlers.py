@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from torch import nn
 
 from oasis_gen.engines.distributed import all_reduce_sum, rank_zero_decides
 from oasis_gen.files import write_text
+from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.sampling import decode_codes, sample_codes, sampling_threads
 
@@ -42,11 +44,18 @@ def codebook_health(counts: torch.Tensor) -> dict[str, float]:
     return {"perplexity": float(entropy.exp()), "unused": float((counts == 0).double().mean())}
 
 
+def metric_name(prefix: str, level: str, key: str) -> str:
+    """``prefix_key`` for a single-level VQ-VAE's (or the bottom level's) codebook, ``prefix_level_key`` otherwise."""
+    return f"{prefix}_{level}_{key}" if level else f"{prefix}_{key}"
+
+
 class CodebookUsage:
-    """Count the codes the quantizer picks during an epoch; publish perplexity and unused fraction as metrics.
+    """Count the codes the quantizers pick during an epoch; publish perplexity and unused fraction as metrics.
 
     Counts only forward passes in the given mode ("train" or "eval"), so a validation run inside a training epoch
     does not mix into the training figures. Under DDP the counts of all ranks are summed (attach it on every rank).
+    A two-level VQ-VAE's top codebook is published with ``top`` in the name (``codebook_top_perplexity``); the bottom
+    one keeps the single-level names (``codebook_perplexity``).
     """
 
     def __init__(self, network: nn.Module, mode: str = "train", prefix: str = "codebook"):
@@ -55,60 +64,44 @@ class CodebookUsage:
         self.network = network
         self.training = mode == "train"
         self.prefix = prefix
-        self.counts: torch.Tensor | None = None
-        self._hook = None
+        self.counts: dict[str, torch.Tensor] | None = None
+        self.num_embeddings: dict[str, int] = {}
+        self._hooks: list[Any] = []
 
     def attach(self, engine: Engine) -> None:
-        quantizer = unwrap(self.network).quantizer.quantizer
-        self.num_embeddings = int(quantizer.num_embeddings)
-        self._hook = quantizer.register_forward_hook(self._count)
+        for level, quantizer in named_quantizers(self.network).items():
+            self.num_embeddings[level] = int(quantizer.num_embeddings)
+            self._hooks.append(quantizer.register_forward_hook(functools.partial(self._count, level)))
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
 
     def _reset(self, engine: Engine) -> None:
-        self.counts = torch.zeros(self.num_embeddings, dtype=torch.long)
+        self.counts = {level: torch.zeros(k, dtype=torch.long) for level, k in self.num_embeddings.items()}
 
-    def _count(self, module: nn.Module, inputs: Any, output: tuple) -> None:
+    def _count(self, level: str, module: nn.Module, inputs: Any, output: tuple) -> None:
         if self.counts is None or module.training != self.training:
             return
         indices = output[2].detach().flatten()
-        self.counts += torch.bincount(indices, minlength=self.num_embeddings).cpu()
+        self.counts[level] += torch.bincount(indices, minlength=self.num_embeddings[level]).cpu()
 
     def _publish(self, engine: Engine) -> None:
         if self.counts is None:
             return
-        for key, value in codebook_health(all_reduce_sum(self.counts)).items():
-            engine.state.metrics[f"{self.prefix}_{key}"] = value
+        for level, counts in self.counts.items():
+            for key, value in codebook_health(all_reduce_sum(counts)).items():
+                engine.state.metrics[metric_name(self.prefix, level, key)] = value
 
 
-class CodebookRestart:
-    """Re-seed the codes of MONAI's EMA quantizer that went unused, from encoder outputs of the current batch.
+class _LevelRestart:
+    """The restart state of one EMA quantizer: its latest training inputs and the codes picked since the last check."""
 
-    MONAI's EMA update divides each code's running sum by its smoothed usage; for an unused code that is about
-    1e-5, so after one step every unused code sits far out (norms ~1e5) and can never be picked again: the codebook
-    collapses to one or a few codes. Every ``interval`` training iterations, each code not picked at all during
-    those iterations is moved onto a random encoder output of the latest batch (the first check, after the first
-    iteration, doubles as a data-dependent initialisation). Under DDP the codebook is then broadcast from rank 0,
-    so every rank keeps the same one.
-    """
-
-    def __init__(self, network: nn.Module, interval: int = 20, enabled: bool = True):
-        self.network = network
-        self.interval = max(int(interval), 1)
-        self.enabled = enabled
+    def __init__(self, quantizer: nn.Module):
+        self.quantizer = quantizer
         self.latest: torch.Tensor | None = None
         self.used: torch.Tensor | None = None
         self.restarted = 0
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        self.quantizer = unwrap(self.network).quantizer.quantizer
-        self.quantizer.register_forward_pre_hook(self._keep_inputs)
-        self.quantizer.register_forward_hook(self._count)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._restart)
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset_count)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+        quantizer.register_forward_pre_hook(self._keep_inputs)
+        quantizer.register_forward_hook(self._count)
 
     def _keep_inputs(self, module: nn.Module, inputs: tuple) -> None:
         if module.training:
@@ -119,17 +112,15 @@ class CodebookRestart:
             counts = torch.bincount(output[2].detach().flatten(), minlength=module.num_embeddings)
             self.used = counts if self.used is None else self.used + counts
 
-    def _reset_count(self, engine: Engine) -> None:
-        self.restarted = 0
-
-    def _restart(self, engine: Engine) -> None:
-        # check after the first iteration, then every `interval`
-        if self.latest is None or self.used is None or (engine.state.iteration - 1) % self.interval:
+    def restart(self) -> None:
+        """Move every code unused since the last check onto a random latest input (then broadcast under DDP)."""
+        if self.latest is None or self.used is None:
             return
         q = self.quantizer
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         with torch.no_grad():
             used = self.used.clone()
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if distributed:
                 torch.distributed.all_reduce(used)
             dead = torch.nonzero(used == 0).flatten()
             if dead.numel():
@@ -140,13 +131,57 @@ class CodebookRestart:
                 q.ema_w.data[dead] = picks  # with a usage of 1, the EMA's ratio ema_w / usage is the pick itself
                 q.ema_cluster_size.data[dead] = 1.0
                 self.restarted += int(dead.numel())
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if distributed:
                 for tensor in (q.embedding.weight.data, q.ema_w.data, q.ema_cluster_size.data):
                     torch.distributed.broadcast(tensor, src=0)
         self.latest, self.used = None, None
 
+
+class CodebookRestart:
+    """Re-seed the codes of MONAI's EMA quantizers that went unused, from encoder outputs of the current batch.
+
+    MONAI's EMA update divides each code's running sum by its smoothed usage; for an unused code that is about
+    1e-5, so after one step every unused code sits far out (norms ~1e5) and can never be picked again: the codebook
+    collapses to one or a few codes. Every ``interval`` training iterations, each code not picked at all during
+    those iterations is moved onto a random encoder output of the latest batch (the first check, after the first
+    iteration, doubles as a data-dependent initialisation). Under DDP the codebook is then broadcast from rank 0,
+    so every rank keeps the same one. A two-level VQ-VAE's codebooks are restarted alike, each from its own level's
+    inputs; the top level's count is published as ``codebook_top_restarted``.
+    """
+
+    def __init__(self, network: nn.Module, interval: int = 20, enabled: bool = True):
+        self.network = network
+        self.interval = max(int(interval), 1)
+        self.enabled = enabled
+        self.levels: dict[str, _LevelRestart] = {}
+
+    @property
+    def restarted(self) -> int:
+        """Codes restarted this epoch, all levels together."""
+        return sum(level.restarted for level in self.levels.values())
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        self.levels = {name: _LevelRestart(q) for name, q in named_quantizers(self.network).items()}
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._restart)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset_count)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _reset_count(self, engine: Engine) -> None:
+        for level in self.levels.values():
+            level.restarted = 0
+
+    def _restart(self, engine: Engine) -> None:
+        # check after the first iteration, then every `interval`
+        if (engine.state.iteration - 1) % self.interval:
+            return
+        for level in self.levels.values():
+            level.restart()
+
     def _publish(self, engine: Engine) -> None:
-        engine.state.metrics["codebook_restarted"] = float(self.restarted)
+        for name, level in self.levels.items():
+            engine.state.metrics[metric_name("codebook", name, "restarted")] = float(level.restarted)
 
 
 class TimeBudget:

@@ -24,7 +24,7 @@ from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.metrics import CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn
 from oasis_gen.networks.spec import ModelSpec, file_sha256
-from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.networks.vqvae import load_vqvae, require_single_level
 from oasis_gen.sampling import check_compatible, optional
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def load_inference_models(
     device = torch.device(device)
     vqvae_path = Path(str(vqvae_ckpt))
     vqvae, vqvae_spec = load_vqvae(vqvae_path, device)
+    require_single_level(vqvae, "bundle inference (it writes one code grid per slice)")
     models = InferenceModels(vqvae, vqvae_spec, vqvae_path, device)
     prior_ckpt = optional(prior_ckpt)
     if prior_ckpt is None:

@@ -1,4 +1,4 @@
-"""The VQ-VAE: MONAI's network, built from a few sizes, with its architecture saved beside its weights."""
+"""The VQ-VAE: MONAI's network (or the two-level one built from its blocks), its architecture saved with its weights."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 
 from oasis_gen.errors import ConfigError
 from oasis_gen.networks.spec import ModelSpec, load_network
+from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 # stride 2, kernel 4, dilation 1, padding 1: each level halves the grid exactly
 DOWNSAMPLE = (2, 4, 1, 1)
 UPSAMPLE = (2, 4, 1, 1, 0)
-
-
 
 
 def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[int]:
@@ -29,7 +29,7 @@ def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[
     return widths
 
 
-def build_vqvae(**sizes: Any) -> VQVAE:
+def build_vqvae(**sizes: Any) -> VQVAE | TwoLevelVQVAE:
     """Build MONAI's 2D VQ-VAE for square one-channel slices from :func:`vqvae_spec`'s sizes (validated)."""
     return vqvae_from_spec(vqvae_spec(**sizes))
 
@@ -45,8 +45,17 @@ def vqvae_spec(
     commitment_cost: float = 0.25,
     decay: float = 0.99,
     output_act: str | None = None,
+    top_downsamplings: int = 0,
+    top_num_embeddings: int | None = None,
 ) -> ModelSpec:
-    """Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work)."""
+    """
+    Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work).
+
+    ``top_downsamplings`` 0 is MONAI's single-level VQ-VAE (its spec has no ``top_*`` key, as before two levels
+    existed); more adds a top grid of ``grid_size / 2**top_downsamplings`` codes from a codebook of
+    ``top_num_embeddings`` (None: ``num_embeddings``), recorded as ``top_downsamplings``, ``top_num_embeddings`` and
+    ``top_grid_size`` (:class:`~oasis_gen.networks.vqvae2.TwoLevelVQVAE`).
+    """
     if int(num_downsamplings) < 1:
         raise ConfigError("num_downsamplings", f"must be at least 1, not {num_downsamplings}")
     factor = 2 ** int(num_downsamplings)
@@ -59,18 +68,66 @@ def vqvae_spec(
         raise ConfigError("embedding_dim", f"must be positive, not {embedding_dim}")
     widths = channel_list(channels, int(num_downsamplings))
     res_widths = widths if num_res_channels is None else channel_list(num_res_channels, int(num_downsamplings))
-    return ModelSpec(
+    grid = int(image_size) // factor
+    values = dict(
         image_size=int(image_size), num_downsamplings=int(num_downsamplings), channels=widths,
         num_res_layers=int(num_res_layers), num_res_channels=res_widths, num_embeddings=int(num_embeddings),
         embedding_dim=int(embedding_dim), commitment_cost=float(commitment_cost), decay=float(decay),
-        output_act=output_act, grid_size=int(image_size) // factor,
+        output_act=output_act, grid_size=grid,
     )
+    return ModelSpec(**values, **_top_level(grid, top_downsamplings, top_num_embeddings, int(num_embeddings)))
 
 
-def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE:
-    """Build the VQ-VAE a spec describes."""
+def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_embeddings: int) -> dict[str, int]:
+    """The spec keys of the top level (none for a single-level VQ-VAE), validated against the bottom grid."""
+    try:
+        levels = int(top_downsamplings or 0)
+    except (TypeError, ValueError):
+        raise ConfigError("top_downsamplings", f"expected a whole number, not {top_downsamplings!r}") from None
+    if levels < 0:
+        raise ConfigError("top_downsamplings", f"must be 0 (one level) or more, not {top_downsamplings}")
+    if levels == 0:
+        if top_num_embeddings is not None:
+            raise ConfigError("top_num_embeddings", "a single-level VQ-VAE has no top codebook: set "
+                                                    "top_downsamplings >= 1 or leave top_num_embeddings null")
+        return {}
+    factor = 2 ** levels
+    if grid % factor or grid < factor:
+        raise ConfigError("top_downsamplings", f"the bottom code grid of {grid}x{grid} is not divisible by "
+                                               f"2**top_downsamplings = {factor}; the top grid must be whole "
+                                               f"(at most {_max_levels(grid)} top downsamplings here)")
+    if isinstance(top_num_embeddings, str) and top_num_embeddings.strip().lower() in ("", "null", "none"):
+        top_num_embeddings = None  # "null" from the command line
+    try:
+        top_k = num_embeddings if top_num_embeddings is None else int(top_num_embeddings)
+    except (TypeError, ValueError):
+        raise ConfigError("top_num_embeddings", f"expected null or a number of codes, not {top_num_embeddings!r}"
+                          ) from None
+    if top_k < 2:
+        raise ConfigError("top_num_embeddings", f"the top codebook needs at least 2 codes, not {top_num_embeddings}")
+    return {"top_downsamplings": levels, "top_num_embeddings": top_k, "top_grid_size": grid // factor}
+
+
+def _max_levels(grid: int) -> int:
+    levels = 0
+    while grid % 2 == 0 and grid > 1:
+        grid, levels = grid // 2, levels + 1
+    return levels
+
+
+def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVAE:
+    """Build the VQ-VAE a spec describes (two-level when it has ``top_downsamplings`` >= 1)."""
     s = spec.values if isinstance(spec, ModelSpec) else dict(spec)
     levels = s["num_downsamplings"]
+    if s.get("top_downsamplings", 0):
+        return TwoLevelVQVAE(
+            spatial_dims=2, in_channels=1, out_channels=1, channels=tuple(s["channels"]),
+            num_res_layers=s["num_res_layers"], num_res_channels=tuple(s["num_res_channels"]),
+            top_downsamplings=s["top_downsamplings"], num_embeddings=s["num_embeddings"],
+            top_num_embeddings=s["top_num_embeddings"], embedding_dim=s["embedding_dim"],
+            commitment_cost=s["commitment_cost"], decay=s["decay"], downsample_parameters=DOWNSAMPLE,
+            upsample_parameters=UPSAMPLE, output_act=s["output_act"],
+        )
     return VQVAE(
         spatial_dims=2, in_channels=1, out_channels=1,
         channels=tuple(s["channels"]), num_res_layers=s["num_res_layers"],
@@ -81,6 +138,27 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE:
     )
 
 
-def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, ModelSpec]:
-    """Rebuild a trained VQ-VAE from its checkpoint (architecture and weights), in eval mode."""
+def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE | TwoLevelVQVAE, ModelSpec]:
+    """Rebuild a trained VQ-VAE (one level or two) from its checkpoint (architecture and weights), in eval mode."""
     return load_network(path, vqvae_from_spec, "VQ-VAE", "num_downsamplings", device)
+
+
+def named_quantizers(network: torch.nn.Module) -> dict[str, EMAQuantizer]:
+    """
+    The EMA quantizers of a VQ-VAE (unwrapped from DDP) by level name: ``{"": q}`` for one level,
+    ``{"top": q_top, "": q_bottom}`` for two (the bottom keeps the unnamed slot, so its metric names are the
+    single-level ones).
+    """
+    network = getattr(network, "module", network)
+    if isinstance(network, TwoLevelVQVAE):
+        top, bottom = network.quantizers
+        return {"top": top.quantizer, "": bottom.quantizer}
+    return {"": network.quantizer.quantizer}
+
+
+def require_single_level(network: torch.nn.Module, what: str) -> None:
+    """Raise a ConfigError when ``what`` (a stage that works on one code grid) is given a two-level VQ-VAE."""
+    if isinstance(getattr(network, "module", network), TwoLevelVQVAE):
+        raise ConfigError("vqvae_ckpt", f"{what} works on one code grid, and this is a two-level VQ-VAE "
+                                        "(top_downsamplings >= 1): its top and bottom priors are not built yet; "
+                                        "use a single-level VQ-VAE (top_downsamplings 0)")
