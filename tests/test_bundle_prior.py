@@ -21,10 +21,11 @@ from conftest import (
 from conftest import run_bundle as bundle
 from mlflow import MlflowClient
 
-from oasis_gen.codes import check_resume, class_count, code_datasets, encode_codes, prior_spec, slice_labels
 from oasis_gen.engines.handlers import samples_grid
 from oasis_gen.engines.steps import PrepareCodeBatch
 from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.generation.codes import class_count, code_datasets, encode_codes, prior_spec, slice_labels
+from oasis_gen.generation.pair import check_resume
 from oasis_gen.metrics import CodeAccuracy, CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
@@ -142,7 +143,8 @@ def test_resuming_a_prior_made_for_another_codebook_is_refused(tiny_data, vqvae_
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
                     *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns"))
     assert result.returncode != 0
-    assert f"{stale}: prior checkpoint models K=512 codes but the VQ-VAE {vqvae_ckpt} has K=16 codes" in result.stderr
+    expected = f"{stale}: this prior models K=512 codes on a 8x8 grid, but the VQ-VAE {vqvae_ckpt} has K=16"
+    assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "codes").exists()  # refused before any encoding
 
@@ -210,7 +212,7 @@ def _save_vqvae(path: Path, seed: int) -> None:
 
 
 def test_codes_are_cached_until_the_vqvae_changes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="oasis_gen.codes")
+    caplog.set_level(logging.INFO, logger="oasis_gen.generation.codes")
     records = [{"image": str(write_png(tmp_path / f"s{k}.png", brain_slice(20, k))), "subject": "x", "slice": k}
                for k in range(3)]
     ckpt, cache = tmp_path / "vqvae.pt", tmp_path / "codes"
@@ -251,15 +253,18 @@ def test_prior_spec_and_resume_checks_name_what_is_wrong(tmp_path):
     assert spec["vqvae_checkpoint"] == "vq.pt" and spec["vqvae_sha256"] == "abc"
     with pytest.raises(ConfigError, match="config 'kernel_size': kernel_size must be an odd integer"):
         prior_spec(vq, "vq.pt", "abc", kernel_size=4)
-    check_resume(None, "vq.pt", spec)  # nothing to resume: nothing to check
+    vq_file = tmp_path / "vq.pt"
+    vq_file.write_bytes(b"a VQ-VAE checkpoint")
+    spec = prior_spec(vq, vq_file, file_sha256(vq_file), channels=8, num_layers=2)
+    check_resume(None, vq_file, spec)  # nothing to resume: nothing to check
     saved = tmp_path / "last_checkpoint_epoch=1.pt"
-    other = prior_spec(vq, "vq.pt", "abc", channels=16, num_layers=2)
+    other = prior_spec(vq, vq_file, file_sha256(vq_file), channels=16, num_layers=2)
     torch.save({"model": {}, "spec": other.state_dict()}, saved)
     with pytest.raises(ConfigError, match=r"trained with channels=16 \(config: 8\)"):
-        check_resume(saved, "vq.pt", spec)
+        check_resume(saved, vq_file, spec)
     torch.save({"model": {}, "spec": {**spec.state_dict(), "grid_size": 16}}, saved)
-    with pytest.raises(CheckpointError, match="models 16x16 code grids but the VQ-VAE vq.pt has 8x8 code grids"):
-        check_resume(saved, "vq.pt", spec)
+    with pytest.raises(CheckpointError, match=r"models K=16 codes on a 16x16 grid, but the VQ-VAE .*vq.pt has K=16 "
+                                              r"on 8x8: use another output_dir"):
+        check_resume(saved, vq_file, spec)
     torch.save({"model": {}, "spec": spec.state_dict()}, saved)
-    check_resume(saved, "vq.pt", spec)
-
+    check_resume(saved, vq_file, spec)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.sampling import (
+from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
+from oasis_gen.networks.pixelcnn_sampling import (
     IncrementalState,
     complete_codes,
     incremental_logits,
     sample_codes,
     sample_codes_naive,
 )
+from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
 K = 5
 
@@ -332,3 +337,36 @@ def test_bad_sampling_arguments():
         complete_codes(model, torch.full((1, 2, 2), 9), torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="labels of shape"):
         sample_codes(_model(num_classes=2), 1, (2, 2))
+
+
+# ------------------------------------------------------------------ the inferer: a VQ-VAE and its prior together
+
+
+def _tiny_vqvae(num_embeddings: int = K) -> torch.nn.Module:
+    torch.manual_seed(3)
+    spec = vqvae_spec(image_size=16, num_downsamplings=2, channels=(4, 8), num_embeddings=num_embeddings,
+                      embedding_dim=4)
+    return vqvae_from_spec(spec).eval()
+
+
+def test_inferer_sample_draws_the_naive_samplers_codes_and_decodes_them():
+    model, vqvae = _model(seed=4, num_classes=3), _tiny_vqvae()
+    labels = torch.tensor([0, 2])
+    images, codes = VQVAEPixelCNNInferer().sample(vqvae, model, 2, (4, 4), temperature=0.9,
+                                                  generator=torch.Generator().manual_seed(5), labels=labels)
+    naive = sample_codes_naive(model, 2, (4, 4), 0.9, labels, torch.Generator().manual_seed(5))
+    assert torch.equal(codes, naive)
+    assert images.shape == (2, 1, 16, 16) and torch.equal(images, decode_codes(vqvae, naive))
+
+
+def test_inferer_likelihood_is_the_nll_of_one_forward_pass():
+    model, vqvae, inferer = _model(seed=6), _tiny_vqvae(), VQVAEPixelCNNInferer()
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    codes = encode_images(vqvae, images)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(codes), codes, reduction="none") / math.log(2.0)
+    bits = inferer.get_likelihood(images, vqvae, model)
+    assert bits.shape == (3, 4, 4) and torch.allclose(bits, expected, atol=1e-6)
+    assert torch.allclose(inferer.get_likelihood(codes, None, model, quantized=True), expected, atol=1e-6)
+    logits, targets = inferer(images, vqvae, model, return_codes=True)
+    assert torch.equal(targets, codes) and torch.allclose(logits, model(codes))

@@ -24,7 +24,8 @@ no blind spot.
 
 Every layer can also be evaluated at a single row (vertical stack) or a single position (horizontal stack)
 from cached inputs, see :meth:`GatedPixelCNNLayer.vertical_step` and
-:meth:`GatedPixelCNNLayer.horizontal_step`; the fast sampler in :mod:`oasis_gen.sampling` is built on them.
+:meth:`GatedPixelCNNLayer.horizontal_step`; the fast sampler in
+:mod:`oasis_gen.networks.pixelcnn_sampling` is built on them.
 """
 
 from __future__ import annotations
