@@ -20,6 +20,7 @@ from conftest import (
 )
 from conftest import run_bundle as bundle
 from mlflow import MlflowClient
+from monai.inferers import SimpleInferer
 
 from oasis_gen.engines.handlers import samples_grid
 from oasis_gen.engines.steps import PrepareCodeBatch
@@ -198,6 +199,19 @@ def test_prepare_code_batch_passes_labels_to_the_network():
     assert len(prepared) == 4 and prepared[2] == () and torch.equal(prepared[3]["labels"], torch.tensor([0, 2]))
     network = GatedPixelCNN(8, channels=4, num_layers=2, num_classes=3)
     assert network(prepared[0], *prepared[2], **prepared[3]).shape == (2, 8, 4, 4)
+
+
+def test_prepare_code_batch_passes_the_top_codes_to_a_bottom_prior():
+    top = torch.randint(0, 5, (2, 2, 2), dtype=torch.uint8)
+    batch = {"codes": torch.randint(0, 8, (2, 4, 4), dtype=torch.uint8), "top": top, "label": torch.tensor([1, 0])}
+    codes, target, args, kwargs = PrepareCodeBatch(cond_key="top")(batch)
+    assert args == () and set(kwargs) == {"cond"} and kwargs["cond"].dtype == torch.long
+    assert torch.equal(kwargs["cond"], top.long()) and torch.equal(codes, target)
+    codes, _, _, kwargs = PrepareCodeBatch(conditional=True, cond_key="top")(batch)
+    assert set(kwargs) == {"cond", "labels"}
+    network = GatedPixelCNN(8, channels=4, num_layers=2, num_classes=2, cond_num_embeddings=5)
+    # the call MONAI's engines make with a four-item batch
+    assert SimpleInferer()(codes, network, **kwargs).shape == (2, 8, 4, 4)
 
 
 def test_samples_grid_puts_code_maps_below_their_samples():

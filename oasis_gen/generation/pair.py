@@ -42,7 +42,8 @@ _ADVICE = {
     "resume": "use another output_dir (or resume false) to train a new prior",
 }
 # spec entries that fix the prior's weights: a checkpoint that differs in one of them cannot be resumed
-ARCHITECTURE_KEYS = ("channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden")
+ARCHITECTURE_KEYS = ("channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden",
+                     "cond_num_embeddings", "cond_factor")
 
 
 @dataclass

@@ -108,6 +108,7 @@ class VQVAEPixelCNNInferer(Inferer):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | int | None = None,
         progress: bool = False,
+        cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Draw new images: code grids from the prior (incremental sampler), decoded by the VQ-VAE.
@@ -121,11 +122,14 @@ class VQVAEPixelCNNInferer(Inferer):
             generator: random generator on the prior's device, for reproducible samples.
             labels: class labels ``[N]`` (or one ``int``) for a conditional prior.
             progress: show a progress bar over code rows.
+            cond: conditioning grids ``[N, h / cond_factor, w / cond_factor]`` (or one) for a prior with
+                spatial conditioning (e.g. the top codes of a two-level VQ-VAE).
 
         Returns:
             ``(images, codes)``: float32 ``[N, 1, H, W]`` in [0, 1] and int64 ``[N, h, w]``.
         """
-        codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress)
+        codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress,
+                             cond=cond)
         return decode_codes(vqvae, codes), codes
 
     def get_likelihood(
@@ -135,6 +139,7 @@ class VQVAEPixelCNNInferer(Inferer):
         prior: GatedPixelCNN,
         labels: torch.Tensor | int | None = None,
         quantized: bool = False,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         The prior's negative log-likelihood of each code, in bits, given the codes before it in raster order.
@@ -145,6 +150,7 @@ class VQVAEPixelCNNInferer(Inferer):
             prior: the Gated PixelCNN (one teacher-forced forward pass, eval mode, no gradients).
             labels: class labels ``[N]`` (or one ``int``) for a conditional prior.
             quantized: ``inputs`` are code grids already.
+            cond: conditioning grids for a prior with spatial conditioning, else ``None``.
 
         Returns:
             float32 ``[N, h, w]`` on the prior's device: ``-log2 p(code at (i, j) | codes before it)``.
@@ -157,5 +163,5 @@ class VQVAEPixelCNNInferer(Inferer):
             codes = encode_images(vqvae, inputs)
         codes = codes.to(_device(prior))
         with evaluating(prior):
-            logits = prior(codes, labels=labels)
+            logits = prior(codes, labels=labels, cond=cond)
         return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)

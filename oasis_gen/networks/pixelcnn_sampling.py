@@ -11,6 +11,10 @@ position at a time, each from ``softmax(logits / temperature)`` given everything
   logits equal the reference ones up to float rounding (see :func:`incremental_logits`), so both samplers draw
   the same codes from the same :class:`torch.Generator`.
 
+A prior with spatial conditioning (``cond_num_embeddings``: the bottom prior of a two-level VQ-VAE, given the
+top code grid) takes ``cond`` everywhere; the grid is fully given, so its per-position biases are computed once
+and sliced per row (vertical stack) and per position (horizontal stack).
+
 Completion (``initial`` + ``region``, or :func:`complete_codes`) resamples only the positions in ``region``
 and keeps the others exactly. Each resampled position is conditioned on everything *before* it in raster order
 -- the rows above and the codes to its left, whether given or resampled -- which is the PixelCNN's causal
@@ -73,6 +77,8 @@ class IncrementalState:
         num_samples: number of grids ``N`` generated together.
         grid: ``(height, width)`` of the code grids.
         labels: class labels ``[N]`` (or one ``int``) for a conditional model, else ``None``.
+        cond: conditioning grids ``[N, H / cond_factor, W / cond_factor]`` (or one ``[h, w]``) for a model with
+            spatial conditioning, else ``None``.
     """
 
     def __init__(
@@ -81,12 +87,14 @@ class IncrementalState:
         num_samples: int,
         grid: tuple[int, int],
         labels: torch.Tensor | int | None = None,
+        cond: torch.Tensor | None = None,
     ) -> None:
         _check_positive_int("num_samples", num_samples)
         self.model = model
         self.num_samples = num_samples
         self.height, self.width = _check_grid(grid)
         self.labels = model.check_labels(labels, num_samples)
+        self.cond = model.check_cond(cond, num_samples, (self.height, self.width))
 
         weight = model.embedding.weight
         self.codes = torch.zeros(num_samples, self.height, self.width, dtype=torch.long, device=weight.device)
@@ -95,12 +103,15 @@ class IncrementalState:
         n, c, w, p = num_samples, model.channels, self.width, model.kernel_size // 2
         self._pad = p
         self._biases = [layer.class_bias(self.labels) for layer in model.layers]
+        # conditioning features [N, C, H, W] (or None), computed once; each layer projects one row of them at a
+        # time to its gate biases, so no [N, 2C, H, W] map per layer is ever held
+        self._features = model.cond_features(self.cond)
         # vertical inputs of each layer at rows r - p .. r (r: last row computed), zero-padded by p columns
         self._windows = [weight.new_zeros(n, c, p + 1, w + 2 * p) for _ in model.layers]
         # vertical -> horizontal links of each layer for row `_link_row`, [N, 2C, W], with the horizontal
-        # class bias folded in once per row
+        # class and conditioning biases of that row folded in once per row
         self._links = [
-            self._with_class_bias(layer.top_link(n, w, weight), index)
+            self._with_row_bias(layer.top_link(n, w, weight), index, 0)
             for index, layer in enumerate(model.layers)
         ]
         self._link_row = 0
@@ -158,14 +169,34 @@ class IncrementalState:
             assert new_row is not None  # only the last layer has no vertical output
             window = torch.cat((self._windows[index][:, :, 1:], new_row), dim=2)
             self._windows[index] = window
-            v_out, link = layer.vertical_step(window, self._biases[index][0])
-            self._links[index] = self._with_class_bias(link, index)
+            v_out, link = layer.vertical_step(window, self._vertical_bias(index, r))
+            self._links[index] = self._with_row_bias(link, index, r + 1)
             new_row = None if v_out is None else F.pad(v_out.unsqueeze(2), (p, p))
         self._link_row = r + 1
 
-    def _with_class_bias(self, link: torch.Tensor, index: int) -> torch.Tensor:
+    def _row_cond_bias(self, index: int, row: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Vertical and horizontal conditioning biases of layer ``index`` on one row, each ``[N, 2C, 1, W]``."""
+        if self._features is None:
+            return None, None
+        return self.model.layers[index].cond_bias(self._features[:, :, row : row + 1])
+
+    def _vertical_bias(self, index: int, r: int) -> torch.Tensor | None:
+        """The vertical gate bias of layer ``index`` on row ``r``: class bias plus row ``r`` of the conditioning."""
+        bias, cond = self._biases[index][0], self._row_cond_bias(index, r)[0]
+        if cond is not None:
+            bias = cond if bias is None else bias + cond
+        return bias
+
+    def _with_row_bias(self, link: torch.Tensor, index: int, row: int) -> torch.Tensor:
+        """``link`` ``[N, 2C, W]`` of row ``row`` plus the horizontal class and conditioning biases there."""
         h_bias = self._biases[index][1]
-        return link if h_bias is None else link + h_bias[:, :, :, 0]
+        if h_bias is not None:
+            link = link + h_bias[:, :, :, 0]
+        if self._features is not None and row < self.height:  # the link past the last row is never used
+            h_cond = self._row_cond_bias(index, row)[1]
+            if h_cond is not None:
+                link = link + h_cond[:, :, 0]
+        return link
 
     def _horizontal_position(self, j: int) -> torch.Tensor:
         """Run the horizontal stack of every layer at column ``j`` of the current row; return the skip sum."""
@@ -182,18 +213,22 @@ class IncrementalState:
 
 
 def incremental_logits(
-    model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | int | None = None
+    model: GatedPixelCNN,
+    codes: torch.Tensor,
+    labels: torch.Tensor | int | None = None,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     All logits of a given batch of grids, computed position by position through :class:`IncrementalState`.
 
-    Equals ``model(codes, labels)`` in eval mode up to float rounding; it exists to check the fast sampler's
+    Equals ``model(codes, labels, cond)`` in eval mode up to float rounding; it exists to check the fast sampler's
     path against the network's forward pass.
 
     Args:
         model: the prior (put in eval mode for the call, then restored).
         codes: integer code grids ``[N, H, W]``.
         labels: class labels ``[N]`` (or one ``int``) for a conditional model, else ``None``.
+        cond: conditioning grids for a model with spatial conditioning, else ``None``.
 
     Returns:
         logits ``[N, K, H, W]``.
@@ -201,7 +236,7 @@ def incremental_logits(
     codes = model.check_codes(codes).to(_model_device(model))
     n, height, width = codes.shape
     with evaluating(model):
-        state = IncrementalState(model, n, (height, width), labels)
+        state = IncrementalState(model, n, (height, width), labels, cond)
         logits = state.codes.new_empty((n, model.num_embeddings, height, width), dtype=torch.float32)
         for i in range(height):
             for j in range(width):
@@ -219,6 +254,7 @@ def sample_codes_naive(
     generator: torch.Generator | None = None,
     initial: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Reference sampler: for each position in raster order, run the whole network on the whole grid and sample
@@ -232,8 +268,9 @@ def sample_codes_naive(
     codes, region, active = _prepare(model, num_samples, grid, temperature, initial, region)
     with evaluating(model):
         labels = model.check_labels(labels, num_samples)
+        cond = model.check_cond(cond, num_samples, (codes.shape[1], codes.shape[2]))
         for i, j in active:
-            logits = model(codes, labels)[:, :, i, j]
+            logits = model(codes, labels, cond)[:, :, i, j]
             sampled = _draw(logits, temperature, generator)
             codes[:, i, j] = torch.where(region[:, i, j], sampled, codes[:, i, j])
     return codes
@@ -249,6 +286,7 @@ def sample_codes(
     initial: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     progress: bool = False,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Sample code grids from the prior with the incremental sampler (about the cost of one forward pass per
@@ -268,6 +306,8 @@ def sample_codes(
             order, each conditioned on everything before it (rows above, codes to the left): the PixelCNN's
             causal context does not include what lies below or to the right, even where it is given.
         progress: show a tqdm progress bar over rows.
+        cond: for a prior with spatial conditioning, the conditioning grids ``[N, H / cond_factor,
+            W / cond_factor]`` (or one ``[h, w]`` for all), seen at every position; else ``None``.
 
     Returns:
         int64 code grids ``[num_samples, H, W]`` on the model's device.
@@ -280,7 +320,7 @@ def sample_codes(
     for i, j in active:
         wanted[i][j] = True
     with evaluating(model):
-        state = IncrementalState(model, num_samples, (codes.shape[1], codes.shape[2]), labels)
+        state = IncrementalState(model, num_samples, (codes.shape[1], codes.shape[2]), labels, cond)
         for i in tqdm(range(last_row + 1), desc="sampling codes", unit="row", disable=not progress):
             for j in range(codes.shape[2]):
                 if wanted[i][j]:
@@ -298,6 +338,7 @@ def complete_codes(
     labels: torch.Tensor | int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Resample the positions of ``codes`` ``[N, H, W]`` in ``region`` (bool ``[H, W]`` or ``[N, H, W]``) and
@@ -318,6 +359,7 @@ def complete_codes(
         initial=codes,
         region=region,
         progress=progress,
+        cond=cond,
     )
 
 
