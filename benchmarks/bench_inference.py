@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from bench_configs import CONFIGS, ROOT, bundle_parser, config_prior, config_vqvae
 
-from oasis_gen.codes import checkpoint_sha256
+from oasis_gen.networks.spec import checkpoint_sha256
 
 INFERENCE_CODE = ROOT / "oasis_gen" / "inference"
 

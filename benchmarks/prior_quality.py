@@ -34,18 +34,15 @@ import torch
 from bench_machine import machine_info, machine_summary
 from monai.data import DataLoader, Dataset
 
-from oasis_gen.codes import slice_labels
 from oasis_gen.data import check_dataset, decode_intensity, eval_transforms
 from oasis_gen.errors import OasisGenError
 from oasis_gen.files import write_text
+from oasis_gen.generation.codes import slice_labels
+from oasis_gen.generation.pair import load_pair
 from oasis_gen.metrics import CodeAccuracy, CodeNLL, encoder_features, fid, mmd, ms_ssim_diversity, ms_ssim_settings
-from oasis_gen.sampling import (
-    decode_codes,
-    encode_images,
-    load_models,
-    sample_codes,
-    sampling_threads,
-)
+from oasis_gen.networks.pixelcnn_inferer import decode_codes, encode_images
+from oasis_gen.networks.pixelcnn_sampling import sample_codes
+from oasis_gen.threads import sampling_threads
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 FEATURE_NOTE = ("VQ-VAE encoder output (before quantization), average- and max-pooled over the code grid: "
@@ -111,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = machine_info(device)
     started = time.perf_counter()
-    models = load_models(args.prior_ckpt, args.vqvae_ckpt, device)
+    models = load_pair(args.prior_ckpt, args.vqvae_ckpt, device)
     prior, vqvae, size = models.prior, models.vqvae, models.image_size
     print(f"prior {models.prior_path} (K={models.num_embeddings}, grid {models.grid[0]}), VQ-VAE {models.vqvae_path}",
           flush=True)

@@ -7,6 +7,7 @@ import difflib
 import os
 import sys
 from types import TracebackType
+from typing import Any
 
 from oasis_gen.errors import ConfigError, OasisGenError
 
@@ -51,6 +52,16 @@ def flag(value: object, key: str = "flag") -> bool:
         return False
     raise ConfigError(key, f"expected true or false, not {value!r}")
 
+
+
+_NULLS = ("", "none", "null")
+
+
+def optional(value: Any) -> Any:
+    """``None`` for an unset command-line value (``null``, ``None`` or empty text), else the value."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+        return None
+    return value
 
 # arguments of `python -m monai.bundle run` itself, not config keys
 RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "run_id", "init_id", "final_id"}

@@ -20,11 +20,13 @@ from conftest import (
 )
 from conftest import run_bundle as bundle
 from mlflow import MlflowClient
+from monai.inferers import SimpleInferer
 
-from oasis_gen.codes import check_resume, class_count, code_datasets, encode_codes, prior_spec, slice_labels
 from oasis_gen.engines.handlers import samples_grid
 from oasis_gen.engines.steps import PrepareCodeBatch
 from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.generation.codes import class_count, code_datasets, encode_codes, prior_spec, slice_labels
+from oasis_gen.generation.pair import check_resume
 from oasis_gen.metrics import CodeAccuracy, CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
@@ -142,7 +144,8 @@ def test_resuming_a_prior_made_for_another_codebook_is_refused(tiny_data, vqvae_
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
                     *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns"))
     assert result.returncode != 0
-    assert f"{stale}: prior checkpoint models K=512 codes but the VQ-VAE {vqvae_ckpt} has K=16 codes" in result.stderr
+    expected = f"{stale}: this prior models K=512 codes on a 8x8 grid, but the VQ-VAE {vqvae_ckpt} has K=16"
+    assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "codes").exists()  # refused before any encoding
 
@@ -198,6 +201,19 @@ def test_prepare_code_batch_passes_labels_to_the_network():
     assert network(prepared[0], *prepared[2], **prepared[3]).shape == (2, 8, 4, 4)
 
 
+def test_prepare_code_batch_passes_the_top_codes_to_a_bottom_prior():
+    top = torch.randint(0, 5, (2, 2, 2), dtype=torch.uint8)
+    batch = {"codes": torch.randint(0, 8, (2, 4, 4), dtype=torch.uint8), "top": top, "label": torch.tensor([1, 0])}
+    codes, target, args, kwargs = PrepareCodeBatch(cond_key="top")(batch)
+    assert args == () and set(kwargs) == {"cond"} and kwargs["cond"].dtype == torch.long
+    assert torch.equal(kwargs["cond"], top.long()) and torch.equal(codes, target)
+    codes, _, _, kwargs = PrepareCodeBatch(conditional=True, cond_key="top")(batch)
+    assert set(kwargs) == {"cond", "labels"}
+    network = GatedPixelCNN(8, channels=4, num_layers=2, num_classes=2, cond_num_embeddings=5)
+    # the call MONAI's engines make with a four-item batch
+    assert SimpleInferer()(codes, network, **kwargs).shape == (2, 8, 4, 4)
+
+
 def test_samples_grid_puts_code_maps_below_their_samples():
     grid = samples_grid(torch.rand(3, 1, 16, 16), torch.randint(0, 4, (3, 4, 4)), 4, columns=2)
     assert grid.shape == (4 * 16 + 3 * 2, 2 * 16 + 2, 3) and grid.dtype.name == "uint8"
@@ -210,7 +226,7 @@ def _save_vqvae(path: Path, seed: int) -> None:
 
 
 def test_codes_are_cached_until_the_vqvae_changes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="oasis_gen.codes")
+    caplog.set_level(logging.INFO, logger="oasis_gen.generation.codes")
     records = [{"image": str(write_png(tmp_path / f"s{k}.png", brain_slice(20, k))), "subject": "x", "slice": k}
                for k in range(3)]
     ckpt, cache = tmp_path / "vqvae.pt", tmp_path / "codes"
@@ -251,15 +267,18 @@ def test_prior_spec_and_resume_checks_name_what_is_wrong(tmp_path):
     assert spec["vqvae_checkpoint"] == "vq.pt" and spec["vqvae_sha256"] == "abc"
     with pytest.raises(ConfigError, match="config 'kernel_size': kernel_size must be an odd integer"):
         prior_spec(vq, "vq.pt", "abc", kernel_size=4)
-    check_resume(None, "vq.pt", spec)  # nothing to resume: nothing to check
+    vq_file = tmp_path / "vq.pt"
+    vq_file.write_bytes(b"a VQ-VAE checkpoint")
+    spec = prior_spec(vq, vq_file, file_sha256(vq_file), channels=8, num_layers=2)
+    check_resume(None, vq_file, spec)  # nothing to resume: nothing to check
     saved = tmp_path / "last_checkpoint_epoch=1.pt"
-    other = prior_spec(vq, "vq.pt", "abc", channels=16, num_layers=2)
+    other = prior_spec(vq, vq_file, file_sha256(vq_file), channels=16, num_layers=2)
     torch.save({"model": {}, "spec": other.state_dict()}, saved)
     with pytest.raises(ConfigError, match=r"trained with channels=16 \(config: 8\)"):
-        check_resume(saved, "vq.pt", spec)
+        check_resume(saved, vq_file, spec)
     torch.save({"model": {}, "spec": {**spec.state_dict(), "grid_size": 16}}, saved)
-    with pytest.raises(CheckpointError, match="models 16x16 code grids but the VQ-VAE vq.pt has 8x8 code grids"):
-        check_resume(saved, "vq.pt", spec)
+    with pytest.raises(CheckpointError, match=r"models K=16 codes on a 16x16 grid, but the VQ-VAE .*vq.pt has K=16 "
+                                              r"on 8x8: use another output_dir"):
+        check_resume(saved, vq_file, spec)
     torch.save({"model": {}, "spec": spec.state_dict()}, saved)
-    check_resume(saved, "vq.pt", spec)
-
+    check_resume(saved, vq_file, spec)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.sampling import (
+from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_from_spec, pixelcnn_spec
+from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
+from oasis_gen.networks.pixelcnn_sampling import (
     IncrementalState,
     complete_codes,
     incremental_logits,
     sample_codes,
     sample_codes_naive,
 )
+from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
 K = 5
 
@@ -332,3 +337,156 @@ def test_bad_sampling_arguments():
         complete_codes(model, torch.full((1, 2, 2), 9), torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="labels of shape"):
         sample_codes(_model(num_classes=2), 1, (2, 2))
+
+
+# ------------------------------------------------------------------ the inferer: a VQ-VAE and its prior together
+
+
+def _tiny_vqvae(num_embeddings: int = K) -> torch.nn.Module:
+    torch.manual_seed(3)
+    spec = vqvae_spec(image_size=16, num_downsamplings=2, channels=(4, 8), num_embeddings=num_embeddings,
+                      embedding_dim=4)
+    return vqvae_from_spec(spec).eval()
+
+
+def test_inferer_sample_draws_the_naive_samplers_codes_and_decodes_them():
+    model, vqvae = _model(seed=4, num_classes=3), _tiny_vqvae()
+    labels = torch.tensor([0, 2])
+    images, codes = VQVAEPixelCNNInferer().sample(vqvae, model, 2, (4, 4), temperature=0.9,
+                                                  generator=torch.Generator().manual_seed(5), labels=labels)
+    naive = sample_codes_naive(model, 2, (4, 4), 0.9, labels, torch.Generator().manual_seed(5))
+    assert torch.equal(codes, naive)
+    assert images.shape == (2, 1, 16, 16) and torch.equal(images, decode_codes(vqvae, naive))
+
+
+def test_inferer_likelihood_is_the_nll_of_one_forward_pass():
+    model, vqvae, inferer = _model(seed=6), _tiny_vqvae(), VQVAEPixelCNNInferer()
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    codes = encode_images(vqvae, images)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(codes), codes, reduction="none") / math.log(2.0)
+    bits = inferer.get_likelihood(images, vqvae, model)
+    assert bits.shape == (3, 4, 4) and torch.allclose(bits, expected, atol=1e-6)
+    assert torch.allclose(inferer.get_likelihood(codes, None, model, quantized=True), expected, atol=1e-6)
+    logits, targets = inferer(images, vqvae, model, return_codes=True)
+    assert torch.equal(targets, codes) and torch.allclose(logits, model(codes))
+
+
+# ------------------------------------------------------------------ spatial conditioning (bottom prior of two levels)
+
+CK = 3  # codes of the conditioning (top) grid
+
+
+def _cond_model(seed: int = 0, **kwargs) -> GatedPixelCNN:
+    return _model(seed, cond_num_embeddings=CK, cond_factor=2, **kwargs)
+
+
+def _cond_dependence(model: GatedPixelCNN, codes: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``dep[i, j, a, b]``: whether the logits at (i, j) of grid 0 get a gradient from the cond code at (a, b)."""
+    captured: list[torch.Tensor] = []
+    handle = model.cond_embedding.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = model(codes, cond=cond)
+    finally:
+        handle.remove()
+    height, width = codes.shape[1:]
+    dep = torch.zeros(height, width, *cond.shape[1:], dtype=torch.bool)
+    for i in range(height):
+        for j in range(width):
+            (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), captured[0], retain_graph=True)
+            dep[i, j] = grad[0].abs().sum(dim=-1) > 0
+    return dep
+
+
+def test_a_conditioned_network_stays_causal_in_the_codes_and_sees_the_whole_cond_grid():
+    model = _cond_model(num_layers=6)
+    codes, cond = _codes((1, 6, 6)), _codes((1, 3, 3), CK, seed=4)
+    captured: list[torch.Tensor] = []
+    handle = model.embedding.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = model(codes, cond=cond)
+    finally:
+        handle.remove()
+    prefix = _raster_prefix(6, 6)
+    for i in range(6):
+        for j in range(6):
+            (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), captured[0], retain_graph=True)
+            seen = grad[0].abs().sum(dim=-1) > 0
+            assert not (seen & ~prefix[i, j]).any(), f"logits at ({i}, {j}) see the current or a later code"
+            assert (seen == prefix[i, j]).all(), f"logits at ({i}, {j}) miss an earlier code"
+    # the top grid is fully given, not part of the raster order: the very first logit already sees the cond
+    # codes over positions after it, and every cond code informs some logit
+    cond_dep = _cond_dependence(model, codes, cond)
+    assert cond_dep[0, 0, 0, 0] and cond_dep[0, 0, 1, 1]
+    assert cond_dep.any(dim=0).any(dim=0).all()
+    changed = cond.clone()
+    changed[0, 1, 1] = (changed[0, 1, 1] + 1) % CK
+    with torch.no_grad():
+        assert not torch.allclose(model(codes, cond=cond)[0, :, 0, 0], model(codes, cond=changed)[0, :, 0, 0])
+
+
+@pytest.mark.parametrize("num_classes", [None, 2])
+def test_incremental_equals_naive_with_cond(num_classes):
+    model = _cond_model(seed=8, num_classes=num_classes)
+    labels = torch.tensor([0, 1, 1]) if num_classes else None
+    cond = _codes((3, 2, 3), CK, seed=5)
+    codes = _codes((3, 4, 6))
+    with torch.no_grad():
+        expected = model(codes, labels, cond)
+    assert torch.allclose(incremental_logits(model, codes, labels, cond), expected, atol=1e-5)
+    fast = sample_codes(model, 3, (4, 6), 1.0, labels, torch.Generator().manual_seed(9), cond=cond)
+    naive = sample_codes_naive(model, 3, (4, 6), 1.0, labels, torch.Generator().manual_seed(9), cond=cond)
+    assert torch.equal(fast, naive)
+    region = torch.zeros(4, 6, dtype=torch.bool)
+    region[2:] = True
+    completed = complete_codes(model, codes, region, 1.0, labels, torch.Generator().manual_seed(3), cond=cond)
+    reference = sample_codes_naive(model, 3, (4, 6), 1.0, labels, torch.Generator().manual_seed(3), codes, region,
+                                   cond=cond)
+    assert torch.equal(completed, reference) and torch.equal(completed[:, :2], codes[:, :2])
+    # the inferer passes cond through to both
+    vqvae, inferer = _tiny_vqvae(), VQVAEPixelCNNInferer()
+    _, drawn = inferer.sample(vqvae, model, 3, (4, 6), 1.0, torch.Generator().manual_seed(9), labels, cond=cond)
+    assert torch.equal(drawn, naive)
+    bits = inferer.get_likelihood(codes, None, model, labels, quantized=True, cond=cond)
+    assert torch.allclose(bits, F.cross_entropy(expected, codes, reduction="none") / math.log(2.0), atol=1e-5)
+
+
+def test_cond_is_checked():
+    model, plain = _cond_model(), _model()
+    codes = _codes((2, 4, 4))
+    with pytest.raises(ValueError, match="cond of shape \\[2, 2, 2\\] is required"):
+        model(codes)
+    with pytest.raises(ValueError, match="cond must have shape \\[2, 2, 2\\]"):
+        model(codes, cond=_codes((2, 4, 4), CK))
+    with pytest.raises(ValueError, match="cond must lie in \\[0, 3\\)"):
+        model(codes, cond=torch.full((2, 2, 2), 3))
+    with pytest.raises(ValueError, match="multiples of cond_factor"):
+        model(_codes((2, 3, 4)), cond=_codes((2, 1, 2), CK))
+    with pytest.raises(ValueError, match="no spatial conditioning"):
+        plain(codes, cond=_codes((2, 2, 2), CK))
+    one = _codes((2, 2), CK)  # one grid for the whole batch
+    with torch.no_grad():
+        assert torch.equal(model(codes, cond=one), model(codes, cond=one.expand(2, 2, 2)))
+
+
+def test_cond_spec_round_trip_and_old_specs_load_unchanged(tmp_path):
+    spec = pixelcnn_spec(K, 8, channels=8, num_layers=2, cond_num_embeddings=CK, cond_factor=4)
+    assert spec["cond_num_embeddings"] == CK and spec["cond_factor"] == 4
+    network = pixelcnn_from_spec(spec)
+    assert network.cond_num_embeddings == CK and network.cond_factor == 4
+    path = tmp_path / "bottom_prior.pt"
+    torch.save({"model": network.state_dict(), "spec": spec.state_dict()}, path)
+    loaded, loaded_spec = load_pixelcnn(path)
+    assert loaded_spec.state_dict() == spec.state_dict()
+    codes, cond = _codes((1, 8, 8)), _codes((1, 2, 2), CK)
+    with torch.no_grad():
+        assert torch.equal(loaded(codes, cond=cond), network.eval()(codes, cond=cond))
+    # an unconditioned spec gains no keys, and a spec written before conditioning existed loads as it did
+    plain = pixelcnn_spec(K, 8, channels=8, num_layers=2)
+    assert "cond_num_embeddings" not in plain.values and "cond_factor" not in plain.values
+    old = {k: v for k, v in plain.state_dict().items()}
+    old_network = GatedPixelCNN(K, channels=8, num_layers=2)
+    torch.save({"model": old_network.state_dict(), "spec": old}, tmp_path / "old_prior.pt")
+    rebuilt, _ = load_pixelcnn(tmp_path / "old_prior.pt")
+    assert rebuilt.cond_num_embeddings is None and rebuilt.cond_embedding is None
+    assert set(rebuilt.state_dict()) == set(old_network.state_dict())

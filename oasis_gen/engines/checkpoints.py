@@ -180,7 +180,7 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: object = True, network: nn.M
         spec: the network's spec from the config; the checkpoint must hold the same kind of network (its
             differences are named when the weights do not fit).
         max_epochs: the run's max_epochs; the checkpoint must not have trained more.
-        check: a further check of the checkpoint's path (e.g. ``oasis_gen.codes.check_resume`` for the prior).
+        check: a further check of the checkpoint's path (e.g. ``oasis_gen.generation.pair.check_resume`` for the prior).
 
     Raises:
         CheckpointError: the newest checkpoint cannot resume this training (it is left where it is).

@@ -22,9 +22,10 @@ from torch import nn
 
 from oasis_gen.engines.distributed import all_reduce_sum, rank_zero_decides
 from oasis_gen.files import write_text
+from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
-from oasis_gen.sampling import decode_codes, sample_codes, sampling_threads
+from oasis_gen.threads import sampling_threads
 
 logger = logging.getLogger(__name__)
 
@@ -497,9 +498,9 @@ class PriorSamples:
         device = next(prior.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         with sampling_threads(device):
-            codes = sample_codes(prior, self.num_samples, (self.grid_size, self.grid_size), self.temperature,
-                                 self.labels(), generator)
-            images = decode_codes(unwrap(self.vqvae), codes)
+            images, codes = VQVAEPixelCNNInferer().sample(unwrap(self.vqvae), prior, self.num_samples,
+                                                          (self.grid_size, self.grid_size), self.temperature,
+                                                          generator, self.labels())
         return images.cpu(), codes.cpu()
 
     def __call__(self, engine: Engine) -> None:

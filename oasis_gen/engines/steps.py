@@ -77,22 +77,31 @@ class ReconstructionInferer(Inferer):
 class PrepareCodeBatch(PrepareBatch):
     """Move a batch of code grids to the device as int64 and pair them with themselves (the prior's target).
 
-    Returns ``(codes, codes)`` for an unconditional prior. For a conditional one it returns
-    ``(codes, codes, (), {"labels": labels})``: MONAI's trainers and evaluators unpack four items as inputs,
-    targets, args and kwargs, and their inferer calls ``network(codes, labels=labels)``.
+    Returns ``(codes, codes)`` for an unconditional prior. For a prior conditioned on a class label and/or on a
+    spatial grid (``cond_key``: e.g. the top codes of a two-level VQ-VAE, for the bottom prior) it returns
+    ``(codes, codes, (), {"cond": cond, "labels": labels})`` with the keys that apply: MONAI's trainers and
+    evaluators unpack four items as inputs, targets, args and kwargs, and their inferer calls
+    ``network(codes, cond=cond, labels=labels)``.
     """
 
-    def __init__(self, conditional: bool = False, codes_key: str = "codes", label_key: str = "label"):
+    def __init__(self, conditional: bool = False, codes_key: str = "codes", label_key: str = "label",
+                 cond_key: str | None = None):
         self.conditional = bool(conditional)
         self.codes_key = codes_key
         self.label_key = label_key
+        self.cond_key = cond_key or None
 
     def __call__(
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
-        codes = torch.as_tensor(batchdata[self.codes_key]).to(device=device, non_blocking=non_blocking).long()
-        if not self.conditional:
-            return codes, codes
-        labels = torch.as_tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking).long()
-        return codes, codes, (), {"labels": labels}
+        def grids(key: str) -> torch.Tensor:
+            return torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking).long()
+
+        codes = grids(self.codes_key)
+        extra: dict[str, torch.Tensor] = {}
+        if self.cond_key is not None:
+            extra["cond"] = grids(self.cond_key)
+        if self.conditional:
+            extra["labels"] = grids(self.label_key)
+        return (codes, codes, (), extra) if extra else (codes, codes)

@@ -2,8 +2,9 @@
 
 Atypicality is the prior's surprise at each code of a scan: the negative log-likelihood in bits of the code
 actually there, given the codes before it in raster order, from one teacher-forced forward pass of the Gated
-PixelCNN (:class:`oasis_gen.metrics.CodeNLL`'s per-code definition). What is typical is measured the same way
-on the prior's own validation codes, when its code cache is at hand.
+PixelCNN (:meth:`oasis_gen.networks.pixelcnn_inferer.VQVAEPixelCNNInferer.get_likelihood`, the per-code
+definition of :class:`oasis_gen.metrics.CodeNLL`). What is typical is measured the same way on the prior's own
+validation codes, when its code cache is at hand.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from oasis_gen.bundle_checks import install_error_hook
-from oasis_gen.codes import slice_labels
-from oasis_gen.errors import CheckpointError, ConfigError
-from oasis_gen.metrics import CodeNLL
-from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn
+from oasis_gen.bundle_checks import install_error_hook, optional
+from oasis_gen.errors import ConfigError
+from oasis_gen.generation.codes import slice_labels
+from oasis_gen.generation.pair import load_pair
+from oasis_gen.networks.pixelcnn import GatedPixelCNN
+from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.spec import ModelSpec, file_sha256
 from oasis_gen.networks.vqvae import load_vqvae, require_single_level
-from oasis_gen.sampling import check_compatible, optional
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def load_inference_models(
             about 0.1 s per 32x32 grid at the default sizes, and the percentiles need no more.
 
     Raises:
-        CheckpointError: a checkpoint is missing, corrupt or of the wrong kind, or the prior was trained on
-            another VQ-VAE (other ``K`` or grid, or another checkpoint file by its SHA-256).
+        CheckpointError: a checkpoint is missing, corrupt or of the wrong kind, or the prior does not belong
+            with this VQ-VAE (:func:`oasis_gen.generation.pair.check_pair`: other ``K`` or grid, or another
+            checkpoint file by its SHA-256; the same file retrained in place only gives a warning).
     """
     device = torch.device(device)
     vqvae_path = Path(str(vqvae_ckpt))
@@ -114,19 +116,8 @@ def load_inference_models(
     prior_ckpt = optional(prior_ckpt)
     if prior_ckpt is None:
         return models
-    prior_path = Path(str(prior_ckpt))
-    prior, prior_spec = load_pixelcnn(prior_path, device)
-    recorded = prior_spec.get("vqvae_sha256")
-    if recorded and file_sha256(vqvae_path) != recorded:
-        raise CheckpointError(prior_path, f"this prior models the codes of another VQ-VAE "
-                                          f"({prior_spec.get('vqvae_checkpoint')}, SHA-256 {recorded[:12]}...), "
-                                          f"not of {vqvae_path}: pass that VQ-VAE (--vqvae_ckpt) or a prior "
-                                          "trained on this one")
-    if not recorded:
-        logger.warning("the prior %s does not record the SHA-256 of its VQ-VAE: cannot check it models %s",
-                       prior_path, vqvae_path)
-    check_compatible(prior_spec, vqvae_spec, prior_path, vqvae_path)
-    models.prior, models.prior_spec, models.prior_path = prior, prior_spec, prior_path
+    pair = load_pair(prior_ckpt, vqvae_path, device, "infer", vqvae=(vqvae, vqvae_spec))
+    models.prior, models.prior_spec, models.prior_path = pair.prior, pair.prior_spec, pair.prior_path
     models.typical = typical_nll(models, typical_codes, batch_size, typical_grids)
     return models
 
@@ -155,13 +146,12 @@ def code_nll_bits(prior: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tenso
     """
     device = prior.embedding.weight.device
     parts = []
-    nll = CodeNLL()
+    inferer = VQVAEPixelCNNInferer()
     with torch.inference_mode(), torch.autocast("cuda", enabled=bool(amp) and device.type == "cuda"):
         for start in range(0, codes.shape[0], max(int(batch_size), 1)):
             grids = codes[start:start + batch_size].to(device).long()
             batch_labels = None if labels is None else labels[start:start + batch_size].to(device)
-            logits = prior(grids, batch_labels).float()
-            parts.append(nll.per_code(logits, grids).float().cpu())
+            parts.append(inferer.get_likelihood(grids, None, prior, batch_labels, quantized=True).float().cpu())
     return torch.cat(parts) if parts else torch.zeros((0, *codes.shape[1:]))
 
 

@@ -21,7 +21,6 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Resize, SpatialPad
 
-from oasis_gen.codes import slice_labels
 from oasis_gen.data.layouts import parse_slice_name, parse_volume_subject
 from oasis_gen.data.readers import (
     UPPER_PERCENTILE,
@@ -35,6 +34,7 @@ from oasis_gen.data.readers import (
 )
 from oasis_gen.data.transforms import EncodeIntensity, decode_intensity
 from oasis_gen.errors import ConfigError, DataError
+from oasis_gen.generation.codes import slice_labels
 
 __all__ = ["ModelView", "ScanFile", "ScanPlanes", "find_inputs", "list_files", "read_planes", "scan_labels",
            "volume_labels"]

@@ -24,7 +24,13 @@ no blind spot.
 
 Every layer can also be evaluated at a single row (vertical stack) or a single position (horizontal stack)
 from cached inputs, see :meth:`GatedPixelCNNLayer.vertical_step` and
-:meth:`GatedPixelCNNLayer.horizontal_step`; the fast sampler in :mod:`oasis_gen.sampling` is built on them.
+:meth:`GatedPixelCNNLayer.horizontal_step`; the fast sampler in
+:mod:`oasis_gen.networks.pixelcnn_sampling` is built on them.
+
+Two kinds of conditioning enter every layer as biases of the gate pre-activations of both stacks: a class label
+(``num_classes``: one bias per class) and, for the bottom prior of a two-level VQ-VAE, a spatial grid of codes
+(``cond_num_embeddings``: the top code grid, ``cond_factor`` times coarser) turned into a per-position bias.
+The grid is fully given, so it is outside the raster order: a logit may depend on any of it.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class GatedPixelCNNLayer(nn.Module):
         output_stacks: whether the layer passes its stacks on to a next layer. The last layer of a network
             only produces its skip output and owns no residual convolution (so that every parameter gets a
             gradient).
+        cond_channels: channels of an optional spatial conditioning feature map (same height and width as the
+            codes), projected by 1x1 convolutions to a per-position bias of the gate pre-activations of both
+            stacks. ``None`` for a layer without spatial conditioning.
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class GatedPixelCNNLayer(nn.Module):
         num_classes: int | None = None,
         dropout: float = 0.0,
         output_stacks: bool = True,
+        cond_channels: int | None = None,
     ) -> None:
         super().__init__()
         if mask_type not in ("A", "B"):
@@ -129,6 +139,12 @@ class GatedPixelCNNLayer(nn.Module):
             nn.init.normal_(self.v_class.weight, std=0.1)
             nn.init.normal_(self.h_class.weight, std=0.1)
 
+        self.v_cond: nn.Conv2d | None = None
+        self.h_cond: nn.Conv2d | None = None
+        if cond_channels is not None:
+            self.v_cond = nn.Conv2d(cond_channels, 2 * channels, kernel_size=1)
+            self.h_cond = nn.Conv2d(cond_channels, 2 * channels, kernel_size=1)
+
     def class_bias(self, labels: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """
         Per-sample biases of the vertical and horizontal gate pre-activations for ``labels`` ``[N]``, each of
@@ -138,25 +154,39 @@ class GatedPixelCNNLayer(nn.Module):
             return None, None
         return self.v_class(labels)[:, :, None, None], self.h_class(labels)[:, :, None, None]
 
+    def cond_bias(self, features: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """
+        Per-position biases of the vertical and horizontal gate pre-activations from spatial conditioning
+        features ``[N, cond_channels, H, W]``, each ``[N, 2 * channels, H, W]``; ``(None, None)`` without.
+        """
+        if self.v_cond is None or self.h_cond is None or features is None:
+            return None, None
+        return self.v_cond(features), self.h_cond(features)
+
     def forward(
-        self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None = None
+        self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None = None, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """
         Args:
             v: vertical-stack input ``[B, C, H, W]``.
             h: horizontal-stack input ``[B, C, H, W]``.
             labels: class labels ``[B]`` of a conditional layer, else ``None``.
+            cond: spatial conditioning features ``[B, cond_channels, H, W]`` of a layer built with
+                ``cond_channels``, else ``None``.
 
         Returns:
             ``(v_out, h_out, skip)``, each ``[B, C, H, W]``; ``v_out`` and ``h_out`` are ``None`` for a layer
             built with ``output_stacks=False``.
         """
         v_bias, h_bias = self.class_bias(labels)
+        v_cond, h_cond = self.cond_bias(cond)
         p = self.pad
 
         v_pre = self.v_conv(F.pad(v, (p, p, p, 0)))
         if v_bias is not None:
             v_pre = v_pre + v_bias
+        if v_cond is not None:
+            v_pre = v_pre + v_cond
 
         h_padded = F.pad(h, (p, 0))
         if self.mask_type == "A":
@@ -164,6 +194,8 @@ class GatedPixelCNNLayer(nn.Module):
         h_pre = self.h_conv(h_padded) + self.v_to_h(_shift_down(v_pre))
         if h_bias is not None:
             h_pre = h_pre + h_bias
+        if h_cond is not None:
+            h_pre = h_pre + h_cond
 
         gated = self.dropout(_gate(h_pre))
         skip = self.skip(gated)
@@ -193,7 +225,9 @@ class GatedPixelCNNLayer(nn.Module):
         Args:
             window: rows ``r - p .. r`` of the vertical input, zero-padded by ``p`` columns on each side (and
                 zero for rows above the grid): ``[N, C, p + 1, W + 2 * p]``.
-            v_bias: the vertical class bias from :meth:`class_bias`, or ``None``.
+            v_bias: the vertical bias of row ``r``, broadcastable to ``[N, 2 * C, 1, W]`` (the class bias from
+                :meth:`class_bias` and/or row ``r`` of the vertical conditioning bias from :meth:`cond_bias`), or
+                ``None``.
 
         Returns:
             ``(v_out, link)``: the gated vertical output at row ``r`` ``[N, C, W]`` (``None`` for a last
@@ -217,7 +251,8 @@ class GatedPixelCNNLayer(nn.Module):
                 ``j - p .. j - 1`` (mask "A") or ``j - p .. j`` (mask "B") of row ``i`` (zero left of it).
             link: the vertical -> horizontal link at (i, j), ``[N, 2 * C]`` (a column of
                 :meth:`vertical_step`'s link for row ``i - 1``, or of :meth:`top_link` for row 0).
-            h_bias: the horizontal class bias from :meth:`class_bias`, or ``None``.
+            h_bias: a horizontal bias at (i, j), broadcastable to ``[N, 2 * C]``, or ``None`` (the samplers fold
+                the class and conditioning biases into ``link`` instead).
 
         Returns:
             ``(h_out, skip)``, each ``[N, C]``; ``h_out`` is ``None`` for a last layer.
@@ -281,6 +316,13 @@ class GatedPixelCNN(nn.Module):
         dropout: dropout ratio on the gated horizontal features of each layer. Defaults to no dropout.
         out_channels_hidden: number of channels between the two 1x1 convolutions of the output head. Defaults
             to ``2 * channels``.
+        cond_num_embeddings: number of codes of an optional spatial conditioning grid (e.g. the top code grid of
+            a two-level VQ-VAE, for the bottom prior). The grid is fully given, so it is seen everywhere: it is
+            embedded, enlarged (nearest) by ``cond_factor`` to the code grid, run through a small non-causal
+            convolution stack, and added by each layer as a per-position bias inside the gates of both stacks.
+            ``None`` (default) for a prior without spatial conditioning.
+        cond_factor: how many codes of the modelled grid one conditioning code covers along each side: the
+            conditioning grid of ``[H, W]`` codes is ``[H / cond_factor, W / cond_factor]``. Defaults to 2.
     """
 
     def __init__(
@@ -292,6 +334,8 @@ class GatedPixelCNN(nn.Module):
         num_classes: int | None = None,
         dropout: float = 0.0,
         out_channels_hidden: int | None = None,
+        cond_num_embeddings: int | None = None,
+        cond_factor: int = 2,
     ) -> None:
         super().__init__()
         _check_positive_int("num_embeddings", num_embeddings)
@@ -305,6 +349,9 @@ class GatedPixelCNN(nn.Module):
         if out_channels_hidden is None:
             out_channels_hidden = 2 * channels
         _check_positive_int("out_channels_hidden", out_channels_hidden)
+        if cond_num_embeddings is not None:
+            _check_positive_int("cond_num_embeddings", cond_num_embeddings)
+        _check_positive_int("cond_factor", cond_factor)
 
         self.num_embeddings = num_embeddings
         self.channels = channels
@@ -313,8 +360,20 @@ class GatedPixelCNN(nn.Module):
         self.num_classes = num_classes
         self.dropout = dropout
         self.out_channels_hidden = out_channels_hidden
+        self.cond_num_embeddings = cond_num_embeddings
+        self.cond_factor = cond_factor
 
         self.embedding = nn.Embedding(num_embeddings, channels)
+        self.cond_embedding: nn.Embedding | None = None
+        self.cond_net: nn.Sequential | None = None
+        if cond_num_embeddings is not None:
+            self.cond_embedding = nn.Embedding(cond_num_embeddings, channels)
+            # non-causal: the conditioning grid is fully given, so each position may see its neighbours
+            self.cond_net = nn.Sequential(
+                nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            )
         self.layers = nn.ModuleList(
             GatedPixelCNNLayer(
                 channels=channels,
@@ -323,6 +382,7 @@ class GatedPixelCNN(nn.Module):
                 num_classes=num_classes,
                 dropout=dropout,
                 output_stacks=i < num_layers - 1,
+                cond_channels=None if cond_num_embeddings is None else channels,
             )
             for i in range(num_layers)
         )
@@ -400,12 +460,66 @@ class GatedPixelCNN(nn.Module):
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{low}, {high}]")
         return labels.to(device=device, dtype=torch.long)
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | int | None = None) -> torch.Tensor:
+    def check_cond(self, cond: torch.Tensor | None, batch_size: int, grid: tuple[int, int]) -> torch.Tensor | None:
+        """
+        Validate a spatial conditioning grid for ``batch_size`` code grids of ``grid`` ``(H, W)`` and return it as
+        int64 ``[B, H / cond_factor, W / cond_factor]`` on the model's device (one ``[h, w]`` grid is broadcast
+        to the batch), or ``None`` for a model without spatial conditioning.
+
+        Raises:
+            ValueError: cond missing for a conditioned model, given to another one, of the wrong shape, or
+                outside ``[0, cond_num_embeddings)``.
+            TypeError: cond is not an integer tensor.
+        """
+        if self.cond_num_embeddings is None:
+            if cond is not None:
+                raise ValueError("this GatedPixelCNN has no spatial conditioning (cond_num_embeddings=None), so "
+                                 "cond must be None")
+            return None
+        height, width = grid
+        shape = (batch_size, height // self.cond_factor, width // self.cond_factor)
+        if height % self.cond_factor or width % self.cond_factor:
+            raise ValueError(f"code grids of {height}x{width} cannot be conditioned on a grid {self.cond_factor} "
+                             "times smaller: both sides must be multiples of cond_factor")
+        if cond is None:
+            raise ValueError(f"this GatedPixelCNN is conditioned on a grid of {self.cond_num_embeddings} codes: "
+                             f"cond of shape {list(shape)} is required")
+        if not isinstance(cond, torch.Tensor):
+            raise TypeError(f"cond must be an integer tensor, got {type(cond).__name__}")
+        if cond.dtype.is_floating_point or cond.dtype.is_complex or cond.dtype == torch.bool:
+            raise TypeError(f"cond must be an integer tensor of code indices, got dtype {cond.dtype}")
+        if cond.dim() == 2:
+            cond = cond.expand(batch_size, *cond.shape)
+        if tuple(cond.shape) != shape:
+            raise ValueError(f"cond must have shape {list(shape)} (codes {height}x{width} / cond_factor "
+                             f"{self.cond_factor}), got {list(cond.shape)}")
+        if cond.numel() > 0:
+            low, high = int(cond.min()), int(cond.max())
+            if low < 0 or high >= self.cond_num_embeddings:
+                raise ValueError(f"cond must lie in [0, {self.cond_num_embeddings}), got values in [{low}, {high}]")
+        return cond.to(device=self.embedding.weight.device, dtype=torch.long)
+
+    def cond_features(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """
+        Features of a checked conditioning grid ``[B, h, w]`` (see :meth:`check_cond`) at the codes' resolution:
+        ``[B, channels, h * cond_factor, w * cond_factor]``, or ``None`` without conditioning.
+        """
+        if cond is None or self.cond_embedding is None or self.cond_net is None:
+            return None
+        embedded = self.cond_embedding(cond).movedim(-1, 1)
+        return self.cond_net(F.interpolate(embedded, scale_factor=self.cond_factor, mode="nearest"))
+
+    def forward(
+        self, codes: torch.Tensor, labels: torch.Tensor | int | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Args:
             codes: integer code grids ``[B, H, W]`` with values in ``[0, num_embeddings)``.
             labels: class labels ``[B]`` (or one ``int`` for the whole batch) when the model was built with
                 ``num_classes``; must be ``None`` otherwise.
+            cond: integer conditioning grids ``[B, H / cond_factor, W / cond_factor]`` (or one ``[h, w]`` grid
+                for the whole batch) when the model was built with ``cond_num_embeddings``; must be ``None``
+                otherwise. Seen at every position (it is not part of the raster order).
 
         Returns:
             logits ``[B, num_embeddings, H, W]``; those at (i, j) depend only on the codes before (i, j) in
@@ -413,10 +527,11 @@ class GatedPixelCNN(nn.Module):
         """
         codes = self.check_codes(codes)
         labels = self.check_labels(labels, codes.shape[0])
+        features = self.cond_features(self.check_cond(cond, codes.shape[0], (codes.shape[1], codes.shape[2])))
         v = h = self.embed(codes)
         skip: torch.Tensor | None = None
         for layer in self.layers:
-            v, h, layer_skip = layer(v, h, labels)
+            v, h, layer_skip = layer(v, h, labels, features)
             skip = layer_skip if skip is None else skip + layer_skip
         assert skip is not None  # num_layers >= 1
         return self.head(skip)
@@ -448,13 +563,21 @@ def pixelcnn_spec(
     out_channels_hidden: int | None = None,
     vqvae_checkpoint: str | None = None,
     vqvae_sha256: str | None = None,
+    cond_num_embeddings: int | None = None,
+    cond_factor: int = 2,
 ) -> ModelSpec:
-    """The prior's architecture plus the VQ-VAE it models (path and hash), as saved in its checkpoints."""
+    """The prior's architecture plus the VQ-VAE it models (path and hash), as saved in its checkpoints.
+
+    The spatial conditioning keys (``cond_num_embeddings``, ``cond_factor``) are written only for a conditioned
+    prior, so the specs of other priors stay as they were.
+    """
     spec = ModelSpec(num_embeddings=int(num_embeddings), grid_size=int(grid_size), channels=int(channels),
                      num_layers=int(num_layers), kernel_size=int(kernel_size),
                      num_classes=None if num_classes is None else int(num_classes), dropout=float(dropout),
                      out_channels_hidden=None if out_channels_hidden is None else int(out_channels_hidden),
                      vqvae_checkpoint=vqvae_checkpoint, vqvae_sha256=vqvae_sha256)
+    if cond_num_embeddings is not None:
+        spec.values.update(cond_num_embeddings=int(cond_num_embeddings), cond_factor=int(cond_factor))
     pixelcnn_from_spec(spec)  # validates the sizes now, with clear errors
     return spec
 
@@ -464,7 +587,8 @@ def pixelcnn_from_spec(spec: ModelSpec | dict) -> GatedPixelCNN:
     s = spec.values if isinstance(spec, ModelSpec) else dict(spec)
     return GatedPixelCNN(num_embeddings=s["num_embeddings"], channels=s["channels"], num_layers=s["num_layers"],
                          kernel_size=s["kernel_size"], num_classes=s["num_classes"], dropout=s["dropout"],
-                         out_channels_hidden=s["out_channels_hidden"])
+                         out_channels_hidden=s["out_channels_hidden"],
+                         cond_num_embeddings=s.get("cond_num_embeddings"), cond_factor=s.get("cond_factor", 2))
 
 
 def load_pixelcnn(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, ModelSpec]:

@@ -58,6 +58,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file; a missing one gives a CheckpointError naming it."""
+    if not Path(path).is_file():
+        raise CheckpointError(path, "checkpoint not found (train that model first, or check the path)")
+    return file_sha256(path)
+
 def load_network(path: str | Path, build: Callable[[ModelSpec], nn.Module], kind: str, marker: str,
                  device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild a trained network from its checkpoint (architecture from ``spec``, then weights), in eval mode.

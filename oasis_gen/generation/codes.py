@@ -24,26 +24,14 @@ from oasis_gen.data.transforms import decode_intensity, eval_transforms
 from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.files import atomic_path
 from oasis_gen.networks.pixelcnn import pixelcnn_spec
-from oasis_gen.networks.spec import ModelSpec, file_sha256, read_checkpoint
+from oasis_gen.networks.spec import ModelSpec, checkpoint_sha256, read_checkpoint
 from oasis_gen.networks.vqvae import load_vqvae, require_single_level
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-# spec entries that fix the prior's weights: a checkpoint that differs in one of them cannot be resumed
-ARCHITECTURE_KEYS = ("channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden")
 
-__all__ = [
-    "check_resume", "checkpoint_sha256", "class_count", "code_datasets", "code_dtype", "encode_codes",
-    "prior_records", "prior_spec", "slice_labels",
-]
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file; a missing one gives a CheckpointError naming it."""
-    if not Path(path).is_file():
-        raise CheckpointError(path, "checkpoint not found (train that model first, or check the path)")
-    return file_sha256(path)
+__all__ = ["class_count", "code_datasets", "code_dtype", "encode_codes", "prior_records", "prior_spec", "slice_labels"]
 
 
 def code_dtype(num_embeddings: int) -> torch.dtype:
@@ -242,30 +230,3 @@ def prior_spec(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_checkpoint: str 
         key = str(err).split()[0] if str(err).split() else "prior"
         raise ConfigError(key if key in architecture else "prior", str(err)) from None
 
-
-def check_resume(resume_path: str | Path | None, vqvae_checkpoint: str | Path,
-                 spec: ModelSpec | Mapping[str, Any]) -> None:
-    """Refuse to resume a prior checkpoint made for other codes (another K or grid) or another architecture.
-
-    Training on with the same sizes but codes of a re-trained VQ-VAE is allowed, with a warning.
-    """
-    if not resume_path:
-        return
-    saved = read_checkpoint(resume_path).get("spec")
-    if not isinstance(saved, Mapping) or "num_layers" not in saved:
-        raise CheckpointError(resume_path, "not a Gated PixelCNN checkpoint of oasis-gen (no prior spec saved)")
-    wanted = spec.values if isinstance(spec, ModelSpec) else dict(spec)
-    for key, what in (("num_embeddings", "K={} codes"), ("grid_size", "{0}x{0} code grids")):
-        if saved.get(key) != wanted[key]:
-            raise CheckpointError(resume_path, f"prior checkpoint models {what.format(saved.get(key))} but the "
-                                               f"VQ-VAE {vqvae_checkpoint} has {what.format(wanted[key])}; "
-                                               "use another output_dir (or resume false) to train a new prior")
-    changed = [f"{k}={saved.get(k)!r} (config: {wanted.get(k)!r})" for k in ARCHITECTURE_KEYS
-               if saved.get(k) != wanted.get(k)]
-    if changed:
-        raise ConfigError("resume", f"{resume_path} was trained with {', '.join(changed)}; keep those values, "
-                                    "or use another output_dir (or resume false) to train a new prior")
-    if saved.get("vqvae_sha256") and saved.get("vqvae_sha256") != wanted.get("vqvae_sha256"):
-        logger.warning("%s was trained on the codes of another VQ-VAE checkpoint (sha256 %s..., now %s...): its "
-                       "codes may mean something else now", resume_path, str(saved["vqvae_sha256"])[:12],
-                       str(wanted.get("vqvae_sha256"))[:12])
