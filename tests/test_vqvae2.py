@@ -169,12 +169,17 @@ def test_a_two_level_checkpoint_round_trips_through_load_vqvae(tmp_path):
         torch.testing.assert_close(loaded(images())[0], network.eval()(images())[0], atol=0, rtol=0)
 
 
-def test_stages_that_model_one_code_grid_refuse_a_two_level_vqvae():
+def test_images_encode_to_both_grids_and_decode_back_to_the_eval_reconstruction():
     network = two_level().eval()
-    with pytest.raises(ConfigError, match="two-level VQ-VAE"):
-        encode_images(network, images())
-    with pytest.raises(ConfigError, match="two-level VQ-VAE"):
-        decode_codes(network, torch.zeros(1, 8, 8, dtype=torch.long))
+    top, bottom = encode_images(network, images(), batch_size=1)
+    assert top.shape == (3, 2, 2) and bottom.shape == (3, 8, 8) and top.dtype == bottom.dtype == torch.long
+    with torch.no_grad():
+        expected = network(images())[0].clamp(0, 1)
+    torch.testing.assert_close(decode_codes(network, (top, bottom), batch_size=1), expected)
+    with pytest.raises(ValueError, match="two-level VQ-VAE decodes"):
+        decode_codes(network, bottom)
+    with pytest.raises(ValueError, match="top codes must lie in"):
+        decode_codes(network, (top + 100, bottom))
 
 
 # ------------------------------------------------------------------ handlers

@@ -14,20 +14,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
+from torch import nn
 
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_sampling import evaluating, sample_codes
+from oasis_gen.networks.pixelcnn_sampling import complete_codes, evaluating, sample_codes
+from oasis_gen.networks.vqvae import named_quantizers
 
-__all__ = ["VQVAEPixelCNNInferer", "decode_codes", "encode_images"]
+__all__ = ["Codes", "TwoLevelPrior", "VQVAEPixelCNNInferer", "decode_codes", "encode_images"]
+
+
+# the codes of one slice batch: a grid [N, h, w] for a single-level VQ-VAE, (top, bottom) grids for a two-level one
+Codes = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def _device(network: torch.nn.Module) -> torch.device:
     return next(network.parameters()).device
 
 
-def encode_images(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _cat(parts: list[Codes]) -> Codes:
+    if parts and isinstance(parts[0], tuple):
+        return tuple(torch.cat([part[level] for part in parts]).long() for level in range(2))  # type: ignore[return-value]
+    return torch.cat(parts).long()  # type: ignore[arg-type]
+
+
+def encode_images(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> Codes:
     """
-    Code indices of images ``[N, 1, H, W]`` in [0, 1]: int64 ``[N, h, w]`` on the VQ-VAE's device.
+    Code indices of images ``[N, 1, H, W]`` in [0, 1], on the VQ-VAE's device: int64 ``[N, h, w]``, or
+    ``(top, bottom)`` grids for a two-level VQ-VAE.
 
     Runs in eval mode without gradients (in train mode MONAI's EMA quantizer would update its codebook).
     """
@@ -38,27 +51,82 @@ def encode_images(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int 
     with evaluating(vqvae):
         parts = [vqvae.index_quantize(images[start:start + batch_size].to(device).float())
                  for start in range(0, images.shape[0], batch_size)]
-    return torch.cat(parts).long()
+    return _cat(parts)
 
 
-def decode_codes(vqvae: torch.nn.Module, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _check_level(codes: Any, num_embeddings: int, name: str) -> torch.Tensor:
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
+        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"{name} must be a tensor of shape [N, h, w], got {shape}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= num_embeddings):
+        raise ValueError(f"{name} must lie in [0, {num_embeddings}) for this VQ-VAE, "
+                         f"got values in [{int(codes.min())}, {int(codes.max())}]")
+    return codes.long()
+
+
+def decode_codes(vqvae: torch.nn.Module, codes: Codes, batch_size: int = 64) -> torch.Tensor:
     """
-    Slices of code grids ``[N, h, w]``: float32 ``[N, 1, H, W]`` clamped to [0, 1], on the VQ-VAE's device.
+    Slices of code grids (``[N, h, w]``, or ``(top, bottom)`` for a two-level VQ-VAE): float32 ``[N, 1, H, W]``
+    clamped to [0, 1], on the VQ-VAE's device.
 
     Runs in eval mode without gradients.
     """
-    if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
-        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"codes must be a tensor of shape [N, h, w], got {shape}")
-    num_embeddings = int(vqvae.quantizer.quantizer.num_embeddings)
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= num_embeddings):
-        raise ValueError(f"codes must lie in [0, {num_embeddings}) for this VQ-VAE, "
-                         f"got values in [{int(codes.min())}, {int(codes.max())}]")
+    quantizers = named_quantizers(vqvae)
+    if "top" in quantizers:
+        if not isinstance(codes, (tuple, list)) or len(codes) != 2:
+            raise ValueError("a two-level VQ-VAE decodes (top, bottom) code grids, got "
+                             f"{type(codes).__name__}")
+        top = _check_level(codes[0], int(quantizers["top"].num_embeddings), "top codes")
+        bottom = _check_level(codes[1], int(quantizers[""].num_embeddings), "bottom codes")
+        if len(top) != len(bottom):
+            raise ValueError(f"top and bottom codes hold {len(top)} and {len(bottom)} grids")
+        batches = [(top[i:i + batch_size], bottom[i:i + batch_size]) for i in range(0, len(bottom), batch_size)]
+    else:
+        codes = _check_level(codes, int(quantizers[""].num_embeddings), "codes")
+        batches = [codes[i:i + batch_size] for i in range(0, codes.shape[0], batch_size)]
     device = _device(vqvae)
     with evaluating(vqvae):
-        parts = [vqvae.decode_samples(codes[start:start + batch_size].to(device).long())
-                 for start in range(0, codes.shape[0], batch_size)]
+        parts = [vqvae.decode_samples(batch.to(device) if isinstance(batch, torch.Tensor)
+                                      else tuple(level.to(device) for level in batch)) for batch in batches]
     return torch.cat(parts).float().clamp_(0.0, 1.0)
+
+
+class TwoLevelPrior(nn.Module):
+    """
+    The two priors of a two-level VQ-VAE, used together: ``top`` models the top code grid, ``bottom`` the bottom
+    grid given the whole top grid (its spatial conditioning). They are trained apart (``train_prior.yaml`` with
+    ``level: top`` and ``level: bottom``) and composed here for sampling, completion and likelihood.
+    """
+
+    def __init__(self, top: GatedPixelCNN, bottom: GatedPixelCNN) -> None:
+        super().__init__()
+        if bottom.cond_num_embeddings is None:
+            raise ValueError("the bottom prior of a two-level VQ-VAE must be conditioned on the top codes "
+                             "(cond_num_embeddings)")
+        if bottom.cond_num_embeddings != top.num_embeddings:
+            raise ValueError(f"the bottom prior is conditioned on K={bottom.cond_num_embeddings} top codes, but "
+                             f"the top prior models K={top.num_embeddings}")
+        if (top.num_classes is None) != (bottom.num_classes is None):
+            raise ValueError("the top and bottom priors must both be conditioned on the slice position, or neither")
+        self.top, self.bottom = top, bottom
+
+    @property
+    def factor(self) -> int:
+        """How many bottom positions a top position spans along each side."""
+        return int(self.bottom.cond_factor)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.bottom.num_classes
+
+    def top_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The top grid of a bottom grid ``(h, w)``."""
+        return grid[0] // self.factor, grid[1] // self.factor
+
+    def top_region(self, region: torch.Tensor) -> torch.Tensor:
+        """The top positions above any bottom position of ``region`` (bool ``[h, w]`` or ``[N, h, w]``)."""
+        pooled = F.max_pool2d(region.float().reshape(-1, 1, *region.shape[-2:]), self.factor)
+        return pooled.reshape(*region.shape[:-2], *pooled.shape[-2:]) > 0
 
 
 class VQVAEPixelCNNInferer(Inferer):
@@ -101,7 +169,7 @@ class VQVAEPixelCNNInferer(Inferer):
     def sample(
         self,
         vqvae: torch.nn.Module,
-        prior: GatedPixelCNN,
+        prior: GatedPixelCNN | TwoLevelPrior,
         num_samples: int,
         grid: tuple[int, int],
         temperature: float = 1.0,
@@ -109,15 +177,16 @@ class VQVAEPixelCNNInferer(Inferer):
         labels: torch.Tensor | int | None = None,
         progress: bool = False,
         cond: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, Codes]:
         """
         Draw new images: code grids from the prior (incremental sampler), decoded by the VQ-VAE.
 
         Args:
             vqvae: the first stage, which decodes the codes.
-            prior: the Gated PixelCNN.
+            prior: the Gated PixelCNN, or a :class:`TwoLevelPrior` (top codes first, then the bottom codes given
+                them).
             num_samples: number of images ``N``.
-            grid: ``(h, w)`` of the code grids (both networks are convolutional: they cannot tell it).
+            grid: ``(h, w)`` of the (bottom) code grids (the networks are convolutional: they cannot tell it).
             temperature: ``> 0``; logits are divided by it before the softmax.
             generator: random generator on the prior's device, for reproducible samples.
             labels: class labels ``[N]`` (or one ``int``) for a conditional prior.
@@ -126,17 +195,24 @@ class VQVAEPixelCNNInferer(Inferer):
                 spatial conditioning (e.g. the top codes of a two-level VQ-VAE).
 
         Returns:
-            ``(images, codes)``: float32 ``[N, 1, H, W]`` in [0, 1] and int64 ``[N, h, w]``.
+            ``(images, codes)``: float32 ``[N, 1, H, W]`` in [0, 1] and int64 ``[N, h, w]`` codes (``(top,
+            bottom)`` for a two-level prior).
         """
-        codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress,
-                             cond=cond)
+        if isinstance(prior, TwoLevelPrior):
+            top = sample_codes(prior.top, num_samples, prior.top_grid(tuple(grid)), temperature, labels, generator,
+                               progress=progress)
+            codes: Codes = (top, sample_codes(prior.bottom, num_samples, tuple(grid), temperature, labels, generator,
+                                              progress=progress, cond=top))
+        else:
+            codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress,
+                                 cond=cond)
         return decode_codes(vqvae, codes), codes
 
     def get_likelihood(
         self,
         inputs: torch.Tensor,
         vqvae: torch.nn.Module | None,
-        prior: GatedPixelCNN,
+        prior: GatedPixelCNN | TwoLevelPrior,
         labels: torch.Tensor | int | None = None,
         quantized: bool = False,
         cond: torch.Tensor | None = None,
@@ -145,7 +221,8 @@ class VQVAEPixelCNNInferer(Inferer):
         The prior's negative log-likelihood of each code, in bits, given the codes before it in raster order.
 
         Args:
-            inputs: images ``[N, 1, H, W]`` in [0, 1], or code grids ``[N, h, w]`` with ``quantized``.
+            inputs: images ``[N, 1, H, W]`` in [0, 1], or code grids ``[N, h, w]`` (``(top, bottom)`` for a
+                two-level prior) with ``quantized``.
             vqvae: the first stage that encodes the images (unused, may be ``None``, with ``quantized``).
             prior: the Gated PixelCNN (one teacher-forced forward pass, eval mode, no gradients).
             labels: class labels ``[N]`` (or one ``int``) for a conditional prior.
@@ -153,15 +230,60 @@ class VQVAEPixelCNNInferer(Inferer):
             cond: conditioning grids for a prior with spatial conditioning, else ``None``.
 
         Returns:
-            float32 ``[N, h, w]`` on the prior's device: ``-log2 p(code at (i, j) | codes before it)``.
+            float32 ``[N, h, w]`` on the prior's device: ``-log2 p(code at (i, j) | codes before it)``. For a
+            two-level prior, at the bottom grid: the bottom code's bits given the top grid, plus an even share of
+            the bits of the top code above it, so that the map sums to the slice's total bits.
         """
-        if quantized:
-            codes = prior.check_codes(inputs)
-        else:
+        if not quantized:
             if vqvae is None:
                 raise ValueError("a VQ-VAE is needed to encode images (or pass code grids with quantized=True)")
-            codes = encode_images(vqvae, inputs)
-        codes = codes.to(_device(prior))
-        with evaluating(prior):
-            logits = prior(codes, labels=labels, cond=cond)
-        return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)
+            inputs = encode_images(vqvae, inputs)
+        if isinstance(prior, TwoLevelPrior):
+            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+                raise ValueError("a two-level prior scores (top, bottom) code grids")
+            top = _bits(prior.top, inputs[0], labels)
+            bottom = _bits(prior.bottom, inputs[1], labels, cond=inputs[0].to(_device(prior.bottom)).long())
+            f = prior.factor  # each top code's bits, shared evenly by the f x f bottom positions under it
+            return bottom + top.repeat_interleave(f, dim=1).repeat_interleave(f, dim=2) / (f * f)
+        return _bits(prior, inputs, labels, cond)
+
+    def complete(
+        self,
+        vqvae: torch.nn.Module,
+        prior: GatedPixelCNN | TwoLevelPrior,
+        codes: Codes,
+        region: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | int | None = None,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, Codes]:
+        """
+        Resample the codes in ``region`` and keep the others; decode the result.
+
+        Args:
+            codes: the codes to complete, ``[N, h, w]`` or ``(top, bottom)`` for a two-level prior.
+            region: bool ``[h, w]`` or ``[N, h, w]`` at the (bottom) grid; for a two-level prior the top
+                positions above it are resampled first (:meth:`TwoLevelPrior.top_region`), then the bottom ones
+                given the completed top grid.
+
+        Returns:
+            ``(images, codes)`` as :meth:`sample`.
+        """
+        if isinstance(prior, TwoLevelPrior):
+            top = complete_codes(prior.top, codes[0], prior.top_region(region), temperature, labels, generator,
+                                 progress=progress)
+            completed: Codes = (top, complete_codes(prior.bottom, codes[1], region, temperature, labels, generator,
+                                                    progress=progress, cond=top))
+        else:
+            completed = complete_codes(prior, codes, region, temperature, labels, generator, progress=progress)
+        return decode_codes(vqvae, completed), completed
+
+
+def _bits(prior: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | int | None = None,
+          cond: torch.Tensor | None = None) -> torch.Tensor:
+    """``-log2 p(code | codes before it)`` of every position, one teacher-forced pass (eval mode, no gradients)."""
+    codes = prior.check_codes(codes).to(_device(prior))
+    with evaluating(prior):
+        logits = prior(codes, labels=labels, cond=cond)
+    return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)

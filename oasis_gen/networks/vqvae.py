@@ -14,6 +14,8 @@ from oasis_gen.errors import ConfigError
 from oasis_gen.networks.spec import ModelSpec, load_network
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
+# the code levels of a two-level VQ-VAE, coarse to fine; a single-level one has only "bottom"
+LEVELS = ("top", "bottom")
 # stride 2, kernel 4, dilation 1, padding 1: each level halves the grid exactly
 DOWNSAMPLE = (2, 4, 1, 1)
 UPSAMPLE = (2, 4, 1, 1, 0)
@@ -156,9 +158,23 @@ def named_quantizers(network: torch.nn.Module) -> dict[str, EMAQuantizer]:
     return {"": network.quantizer.quantizer}
 
 
-def require_single_level(network: torch.nn.Module, what: str) -> None:
-    """Raise a ConfigError when ``what`` (a stage that works on one code grid) is given a two-level VQ-VAE."""
-    if isinstance(getattr(network, "module", network), TwoLevelVQVAE):
-        raise ConfigError("vqvae_ckpt", f"{what} works on one code grid, and this is a two-level VQ-VAE "
-                                        "(top_downsamplings >= 1): its top and bottom priors are not built yet; "
-                                        "use a single-level VQ-VAE (top_downsamplings 0)")
+def is_two_level(spec: ModelSpec | Mapping[str, Any]) -> bool:
+    """Whether a VQ-VAE spec describes a two-level model (a top grid above the bottom one)."""
+    values = spec.values if isinstance(spec, ModelSpec) else dict(spec)
+    return bool(values.get("top_downsamplings", 0))
+
+
+def level_sizes(spec: ModelSpec | Mapping[str, Any], level: str = "bottom") -> tuple[int, int]:
+    """``(K, grid side)`` of one level's codes: ``"bottom"`` (the only level of a single-level VQ-VAE) or ``"top"``.
+
+    Raises:
+        ConfigError: ``level`` is not one of the two, or ``"top"`` for a single-level VQ-VAE.
+    """
+    values = spec.values if isinstance(spec, ModelSpec) else dict(spec)
+    if level not in LEVELS:
+        raise ConfigError("level", f"must be one of {list(LEVELS)}, not {level!r}")
+    if level == "bottom":
+        return int(values["num_embeddings"]), int(values["grid_size"])
+    if not is_two_level(values):
+        raise ConfigError("level", "this VQ-VAE has one level (top_downsamplings 0): its codes are level 'bottom'")
+    return int(values["top_num_embeddings"]), int(values["top_grid_size"])
