@@ -27,8 +27,9 @@ import torch
 from oasis_gen.bundle_checks import optional
 from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn
+from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior
 from oasis_gen.networks.spec import ModelSpec, checkpoint_sha256, read_checkpoint
-from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae
 
 logger = logging.getLogger(__name__)
 
@@ -42,31 +43,42 @@ _ADVICE = {
     "resume": "use another output_dir (or resume false) to train a new prior",
 }
 # spec entries that fix the prior's weights: a checkpoint that differs in one of them cannot be resumed
-ARCHITECTURE_KEYS = ("channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden",
+ARCHITECTURE_KEYS = ("level", "channels", "num_layers", "kernel_size", "num_classes", "out_channels_hidden",
                      "cond_num_embeddings", "cond_factor")
 
 
 @dataclass
 class ModelPair:
-    """A prior and the VQ-VAE whose codes it models, loaded from their checkpoints and checked to belong together."""
+    """A prior and the VQ-VAE whose codes it models, loaded from their checkpoints and checked to belong together.
 
-    prior: GatedPixelCNN
+    For a two-level VQ-VAE, ``prior`` is a :class:`TwoLevelPrior` (``prior_spec``/``prior_path`` are its bottom
+    prior's, ``top_prior_spec``/``top_prior_path`` its top prior's).
+    """
+
+    prior: GatedPixelCNN | TwoLevelPrior
     prior_spec: ModelSpec
     prior_path: Path
     vqvae: torch.nn.Module
     vqvae_spec: ModelSpec
     vqvae_path: Path
     vqvae_hash_matches: bool | None = None  # None: the prior records no hash of its VQ-VAE
+    top_prior_spec: ModelSpec | None = None
+    top_prior_path: Path | None = None
+
+    @property
+    def two_level(self) -> bool:
+        """Whether the codes are (top, bottom) grids."""
+        return isinstance(self.prior, TwoLevelPrior)
 
     @property
     def grid(self) -> tuple[int, int]:
-        """``(height, width)`` of the code grids."""
+        """``(height, width)`` of the (bottom) code grids."""
         size = int(self.prior_spec["grid_size"])
         return size, size
 
     @property
     def num_embeddings(self) -> int:
-        """``K``, the number of codes."""
+        """``K``, the number of (bottom) codes."""
         return int(self.prior_spec["num_embeddings"])
 
     @property
@@ -76,12 +88,19 @@ class ModelPair:
 
     def describe(self) -> dict[str, Any]:
         """Both checkpoints and architectures, as nested plain values (for run parameters)."""
-        return {
+        described = {
             "prior_ckpt": str(self.prior_path), "vqvae_ckpt": str(self.vqvae_path),
             "vqvae_hash_matches": self.vqvae_hash_matches,
-            "prior": {k: v for k, v in self.prior_spec.state_dict().items() if k != "vqvae_checkpoint"},
+            "prior": _architecture(self.prior_spec),
             "vqvae": self.vqvae_spec.state_dict(),
         }
+        if self.top_prior_spec is not None:
+            described.update(top_prior_ckpt=str(self.top_prior_path), top_prior=_architecture(self.top_prior_spec))
+        return described
+
+
+def _architecture(spec: ModelSpec) -> dict[str, Any]:
+    return {k: v for k, v in spec.state_dict().items() if k not in ("vqvae_checkpoint", "top_prior_checkpoint")}
 
 
 def _values(spec: ModelSpec | Mapping[str, Any]) -> dict[str, Any]:
@@ -119,10 +138,18 @@ def check_pair(
     if purpose not in _ADVICE:
         raise ValueError(f"purpose must be one of {sorted(_ADVICE)}, got {purpose!r}")
     prior, vqvae = _values(prior_spec), _values(vqvae_spec)
-    (pk, pg), (vk, vg) = ((int(s["num_embeddings"]), int(s["grid_size"])) for s in (prior, vqvae))
-    if (pk, pg) != (vk, vg):
-        raise CheckpointError(prior_path, f"this prior models K={pk} codes on a {pg}x{pg} grid, but the VQ-VAE "
-                                          f"{vqvae_path} has K={vk} on {vg}x{vg}: {_ADVICE[purpose]}")
+    level = prior.get("level", "bottom")
+    pk, pg = int(prior["num_embeddings"]), int(prior["grid_size"])
+    if "num_downsamplings" not in vqvae:  # another prior's spec (resuming): the same sizes and level
+        (vk, vg), other_level = (int(vqvae["num_embeddings"]), int(vqvae["grid_size"])), vqvae.get("level", "bottom")
+    elif level == "top" and not is_two_level(vqvae):
+        (vk, vg), other_level = level_sizes(vqvae), "bottom"
+    else:
+        (vk, vg), other_level = level_sizes(vqvae, level), level
+    if (pk, pg, level) != (vk, vg, other_level):
+        raise CheckpointError(prior_path, f"this prior models K={pk} {level} codes on a {pg}x{pg} grid, but the "
+                                          f"VQ-VAE {vqvae_path} has K={vk} {other_level} codes on {vg}x{vg}: "
+                                          f"{_ADVICE[purpose]}")
     recorded = prior.get("vqvae_sha256")
     if not recorded:
         logger.warning("the prior %s does not record the SHA-256 of its VQ-VAE: cannot check that it models %s",
@@ -155,6 +182,7 @@ def load_pair(
     *,
     prior: tuple[GatedPixelCNN, ModelSpec] | None = None,
     vqvae: tuple[torch.nn.Module, ModelSpec] | None = None,
+    top_prior_ckpt: str | Path | None = None,
 ) -> ModelPair:
     """
     Load a prior and its VQ-VAE (eval mode, on ``device``) and check that they belong together (:func:`check_pair`).
@@ -167,6 +195,8 @@ def load_pair(
             :func:`check_pair`).
         prior: the network and spec already loaded from ``prior_ckpt``, so it is not read twice.
         vqvae: the network and spec already loaded from ``vqvae_ckpt``, so it is not read twice.
+        top_prior_ckpt: for a two-level VQ-VAE, the top prior (``prior_ckpt`` is then the bottom one); ``None``:
+            the one recorded in the bottom prior's checkpoint. Checked against the VQ-VAE by the same rule.
 
     Raises:
         CheckpointError: a checkpoint is missing, unreadable, or the two do not belong together.
@@ -185,8 +215,34 @@ def load_pair(
                                           "(moved or deleted? pass --vqvae_ckpt path/to/vqvae/model.pt)")
     vqvae_network, vqvae_spec = vqvae if vqvae is not None else load_vqvae(vqvae_path, device)
     matches = check_pair(prior_spec, vqvae_spec, prior_path, vqvae_path, purpose)
+    top_spec = top_path = None
+    if is_two_level(vqvae_spec):
+        top_path, (top, top_spec) = _load_top_prior(prior_spec, prior_path, top_prior_ckpt, device)
+        check_pair(top_spec, vqvae_spec, top_path, vqvae_path, purpose)
+        try:
+            network = TwoLevelPrior(top, network)
+        except ValueError as err:
+            raise CheckpointError(prior_path, f"{err} (top prior {top_path})") from None
     return ModelPair(network.to(device).eval(), prior_spec, prior_path, vqvae_network.to(device).eval(),
-                     vqvae_spec, vqvae_path, matches)
+                     vqvae_spec, vqvae_path, matches, top_spec, top_path)
+
+
+def _load_top_prior(bottom_spec: ModelSpec, bottom_path: Path, top_prior_ckpt: str | Path | None,
+                    device: str | torch.device) -> tuple[Path, tuple[GatedPixelCNN, ModelSpec]]:
+    """The top prior of a two-level VQ-VAE: the one given, else the one the bottom prior records."""
+    if bottom_spec.get("level", "bottom") != "bottom":
+        raise ConfigError("prior_ckpt", f"{bottom_path} is the top prior of a two-level VQ-VAE: pass the bottom "
+                                        "prior as prior_ckpt and the top one as top_prior_ckpt")
+    given = optional(top_prior_ckpt)
+    recorded = bottom_spec.get("top_prior_checkpoint")
+    if given is None and recorded is None:
+        raise ConfigError("top_prior_ckpt", f"the VQ-VAE is two-level and the prior {bottom_path} does not record "
+                                            "its top prior: pass --top_prior_ckpt path/to/prior_top/model.pt")
+    path = Path(str(given if given is not None else recorded))
+    if not path.is_file():
+        raise CheckpointError(path, "top prior checkpoint not found" + (
+            f" (recorded in {bottom_path}; moved or deleted? pass --top_prior_ckpt)" if given is None else ""))
+    return path, load_pixelcnn(path, device)
 
 
 def check_resume(resume_path: str | Path | None, vqvae_checkpoint: str | Path,
