@@ -1,0 +1,353 @@
+"""Reconstruction on real anatomy: the project's VQ-VAE candidates beside a published-style baseline, per time budget.
+
+Every model gets the same wall time of training on the same train slices, then is scored on the same held-out test
+slices with per-image SSIM (data range 1) and PSNR:
+
+- the project's candidates run the real bundle: ``python -m monai.bundle run training`` (train.yaml, the budget as
+  ``--time_limit_minutes``, ``--max_epochs`` high so that time is the limit), then ``evaluating`` (evaluate.yaml) on
+  the test split;
+- the baseline (benchmarks/baseline_vqvae.py) is trained by a plain loop on the slices the project's data layer
+  yields for the same dataset, split and reader settings (check_dataset(...).usable(), eval_transforms), and scored
+  with the MONAI metric classes evaluate.yaml uses, on reconstructions clamped to [0, 1].
+
+The default dataset is the 60 IXI T1 volumes beside the project (../shared/data/ixi_t1, split 80/10/10 by subject,
+axis 1 is axial, slices with under 25 % head dropped); ``--dataset demo`` uses the demo cohort.
+
+    python benchmarks/reconstruction_ixi.py --minutes 3 10 30                 # IXI, every candidate and budget
+    python benchmarks/reconstruction_ixi.py --dataset demo --minutes 3 10 30  # the demo cohort
+    python benchmarks/reconstruction_ixi.py --quick --out /tmp/q              # tiny sizes, seconds (for the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
+from bench_machine import machine_info, machine_summary
+
+from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
+from oasis_gen.data.demo import build_demo_cohort, demo_dataset
+from oasis_gen.files import write_text
+from oasis_gen.pictures import reconstruction_grid, save_png, tile, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIGS = ROOT / "bundle" / "configs"
+IXI = ROOT.parent / "shared" / "data" / "ixi_t1"
+# reader settings per named dataset: IXI is stored P-S-R (axis 1 is axial for the reader), skull and neck included
+DATASETS: dict[str, dict[str, object]] = {
+    "ixi": {"slice_axis": 1, "min_brain_fraction": 0.25},
+    "demo": {},
+}
+# train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1)
+CANDIDATES: dict[str, dict[str, str]] = {
+    "default": {},
+    "base": {"channels": "[32,64]"},
+    "mse": {"reconstruction_loss": "mse"},
+}
+# the baseline as described: 64 channels, K=512, D=64, MSE, Adam 2e-3, batch 16
+BASELINE = {"channels": 64, "res_channels": 32, "num_embeddings": 512, "embedding_dim": 64}
+BASELINE_TRAINING = {"batch_size": 16, "learning_rate": 2e-3}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Sizes of one benchmark mode (the real one, or --quick)."""
+
+    image_size: int = 128
+    bundle_overrides: dict[str, str] = field(default_factory=dict)  # applied to every candidate
+    baseline: dict[str, int] = field(default_factory=lambda: dict(BASELINE))
+    baseline_batch_size: int = BASELINE_TRAINING["batch_size"]
+    # the time budget stops training at an epoch's end, and a whole IXI train split (~4,700 slices) takes 1.5-4 min
+    # per epoch on 2 CPU cores, longer than the smallest budget: an "epoch" of this many steps (the data loader
+    # carries on across them; a validation at each end) lets the budget act within about half a minute
+    epoch_steps: int = 100
+
+
+FULL = Setting()
+# seconds, not minutes: 32x32 slices, a tiny VQ-VAE (8x8 codes, K=16) and a tiny baseline
+QUICK = Setting(
+    image_size=32,
+    bundle_overrides={"image_size": "32", "batch_size": "4", "channels": "[8,16]", "num_embeddings": "16",
+                      "embedding_dim": "8", "val_interval": "1"},
+    baseline={"channels": 8, "res_channels": 4, "num_embeddings": 16, "embedding_dim": 8},
+    baseline_batch_size=4,
+    epoch_steps=0,
+)
+QUICK_MINUTES = [0.04]
+# one bundle candidate: each costs ~20 s of bundle start-up however tiny; check_candidates covers the others' keys
+QUICK_CANDIDATES = ["default"]
+
+
+def bundle_defaults() -> dict:
+    """train.yaml's user settings as written (the split and reader defaults the baseline must share)."""
+    return yaml.safe_load((CONFIGS / "train.yaml").read_text())
+
+
+def check_candidates(names: list[str], setting: Setting) -> None:
+    """Stop before any training when a candidate overrides a key train.yaml does not have."""
+    # a typo would otherwise end a long run only when that candidate's turn comes, hours in
+    keys = set(bundle_defaults())
+    for name in names:
+        unknown = sorted((set(CANDIDATES[name]) | set(setting.bundle_overrides)) - keys)
+        if unknown:
+            raise SystemExit(f"candidate {name!r} overrides keys train.yaml does not have: {unknown}")
+
+
+def run_bundle(args: list[str], log: Path, threads: int) -> float:
+    """Run a bundle command with the given torch threads, appending its output to log; return its wall time."""
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    with open(log, "a") as stream:
+        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=stream,
+                              stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise SystemExit(f"bundle command failed ({done.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def overrides(values: dict[str, object]) -> list[str]:
+    """Bundle command-line overrides from a dict."""
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, object], setting: Setting,
+                  work: Path, tag: str, max_epochs: int, epoch_steps: int, threads: int, train_slices: int) -> dict:
+    """Train one candidate through train.yaml for a budget, evaluate it with evaluate.yaml; return its row."""
+    out = work / f"{tag}-{name}-{minutes:g}min"
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    data = {"dataset_dir": dataset, **reader}
+    common = overrides({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
+    epochs = {"train#trainer#epoch_length": epoch_steps} if epoch_steps > 0 else {}
+    train_s = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.yaml"), *common,
+                          *overrides({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
+                          "--resume", "False", "--max_epochs", str(max_epochs), "--time_limit_minutes", str(minutes)],
+                         log, threads)
+    eval_s = run_bundle(["run", "evaluating", "--config_file", str(CONFIGS / "evaluate.yaml"), *common], log, threads)
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    last = torch.load(max(out.glob("checkpoints/last_*.pt")), weights_only=True)
+    iterations = int(last["trainer"]["iteration"])
+    batch_size = int(config["batch_size"])
+    # the schedule keeps the wall time from the first step to the last checkpoint: training and the validations
+    # in it, without the bundle's start-up and data caching (what the time budget counts too)
+    trained_s = float(last["lr_scheduler"].get("elapsed_before", 0.0)) or train_s
+    overrides_text = " ".join(f"{k}={v}" for k, v in CANDIDATES[name].items()) or "train.yaml as is"
+    return {
+        "budget_minutes": minutes, "model": name, "kind": "bundle", "settings": overrides_text,
+        # epochs as passes over the train split, whatever the trainer's epoch length
+        "parameters": int(config["parameters"]), "epochs": iterations / math.ceil(train_slices / batch_size),
+        "steps": iterations, "validations": iterations // int(last["trainer"]["epoch_length"]),
+        "trained_s": round(trained_s, 1), "images_per_s": round(iterations * batch_size / trained_s, 1),
+        "ssim": summary["ssim"]["mean"], "ssim_std": summary["ssim"]["std"], "psnr": summary["psnr"]["mean"],
+        "test_slices": summary["ssim"]["count"],
+        "phases_s": {"train_command": round(train_s, 1), "evaluate_command": round(eval_s, 1)},
+    }
+
+
+def load_images(records: list[dict], image_size: int) -> torch.Tensor:
+    """The slices as the bundle caches them: (N, 1, S, S) uint8 through the project's evaluation chain."""
+    dataset = build_cache_dataset(records, eval_transforms(image_size, "uint8"), progress=False, name="slices")
+    return torch.stack([torch.as_tensor(dataset[i]["image"]).as_subclass(torch.Tensor) for i in range(len(dataset))])
+
+
+def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, setting: Setting, work: Path,
+                 tag: str, seed: int) -> dict:
+    """Train the baseline for a budget on the train slices, score it on the test slices; return its row."""
+    torch.manual_seed(seed)
+    network = BaselineVQVAE(**setting.baseline)
+    result = train_for(network, train, minutes * 60.0, batch_size=setting.baseline_batch_size,
+                       learning_rate=BASELINE_TRAINING["learning_rate"], seed=seed)
+    start = time.perf_counter()
+    scores = evaluate(network, test)
+    eval_s = time.perf_counter() - start
+    ssim = np.asarray(scores["ssim"], dtype=float)
+    psnr = np.asarray(scores["psnr"], dtype=float)
+    ssim, psnr = ssim[np.isfinite(ssim)], psnr[np.isfinite(psnr)]  # as PerImageMetrics summarises
+    with torch.no_grad():
+        picked = test[:: max(1, len(test) // 8)][:8].float() / 255.0
+        recon = network(picked)[0].clamp(0.0, 1.0)
+    save_png(reconstruction_grid(picked, recon), work / f"{tag}-baseline-{minutes:g}min" / "test_reconstructions.png")
+    sizes = setting.baseline
+    return {
+        "budget_minutes": minutes, "model": "baseline", "kind": "baseline",
+        "settings": f"{sizes['channels']} ch, K={sizes['num_embeddings']}, D={sizes['embedding_dim']}, MSE, Adam "
+                    f"{BASELINE_TRAINING['learning_rate']:g}, batch {setting.baseline_batch_size}",
+        "parameters": parameter_count(network), "epochs": result.epochs, "steps": result.steps,
+        "trained_s": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 1),
+        "ssim": float(ssim.mean()), "ssim_std": float(ssim.std()), "psnr": float(psnr.mean()),
+        "test_slices": int(ssim.size), "last_loss": result.last_loss,
+        "phases_s": {"train": round(result.seconds, 1), "evaluate": round(eval_s, 1)},
+    }
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown page: one table, models as rows, a column group per budget."""
+    budgets = result["minutes"]
+    models = list(dict.fromkeys(row["model"] for row in result["rows"]))
+    cell = {(row["model"], row["budget_minutes"]): row for row in result["rows"]}
+    split = result["data"]["slices"]
+    lines = [
+        f"# Reconstruction on {result['dataset_name']}: the project's VQ-VAE and a published-style baseline",
+        "",
+        f"Machine: {result['machine']}",
+        f"Data: {result['dataset']} ({result['data']['layout']} layout; reader settings {result['data']['reader']}), "
+        f"slices train {split['train']}, validate {split['validate']}, test {split['test']} "
+        f"(subjects {result['data']['subjects']}); {result['image_size']}x{result['image_size']} through the "
+        "project's evaluation transform chain for every model.",
+        f"Torch threads: {result['threads']} for the bundle runs and the baseline alike.",
+        f"Command: `{result['command']}`",
+        "",
+        "Test SSIM is the mean per-image SSIM (data range 1) on the held-out test subjects, PSNR the mean per-image "
+        "PSNR in dB, both on reconstructions clamped to [0, 1]. Epochs (passes over the train split) and steps are "
+        "what the budget allowed, "
+        "trained the seconds from the first step to the end of training, images/s the training images per second "
+        "of them. The bundle's budget holds a validation each trainer epoch ("
+        f"{str(result['epoch_steps']) + ' steps' if result['epoch_steps'] else 'the whole train split'}) and stops "
+        "at the end of the last one that fits "
+        "(so it can leave up to one of them unused); it is scored with its best-validated checkpoint. The "
+        "baseline trains without validation, stops at the first step past the budget and is scored as it ends.",
+        "",
+    ]
+    header = "| model | parameters |" + "".join(
+        f" SSIM {m:g} min | PSNR | epochs (steps) | trained (s) | images/s |" for m in budgets)
+    lines += [header, "|---|---:|" + "---:|---:|---:|---:|---:|" * len(budgets)]
+    for model in models:
+        first = next(row for row in result["rows"] if row["model"] == model)
+        cells = []
+        for minutes in budgets:
+            row = cell.get((model, minutes))
+            if row is None:
+                cells.append(" - | - | - | - | - |")
+                continue
+            cells.append(f" {row['ssim']:.4f} ± {row['ssim_std']:.4f} | {row['psnr']:.2f} | "
+                         f"{row['epochs']:.1f} ({row['steps']}) | {row['trained_s']} | {row['images_per_s']} |")
+        lines.append(f"| {model} | {first['parameters']:,} |" + "".join(cells))
+    lines += ["", "| model | settings |", "|---|---|"]
+    lines += [f"| {model} | {next(r['settings'] for r in result['rows'] if r['model'] == model)} |" for model in models]
+    lines += ["", f"Phases (s): data check and caching for the baseline {result['phases_s']['baseline_data']}; "
+              f"total {result['phases_s']['total']}."]
+    return "\n".join(lines) + "\n"
+
+
+def check_sizes(report, name: str) -> None:
+    """Stop with a clear message when a split the benchmark needs is empty."""
+    for split in ("train", "validate", "test"):
+        if not report.records[split]:
+            raise SystemExit(f"{name}: the {split} split has no usable slice")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ixi", help="ixi (default), demo, or a dataset folder")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[3.0, 10.0, 30.0], help="training budgets")
+    parser.add_argument("--candidates", nargs="+", default=None, choices=list(CANDIDATES))
+    parser.add_argument("--no-baseline", action="store_true", help="leave the baseline out")
+    parser.add_argument("--max-epochs", type=int, default=10_000, help="high, so that the budget is the limit")
+    parser.add_argument("--epoch-steps", type=int, default=None,
+                        help=f"bundle steps per epoch (validation and budget check at each end; 0: the whole train "
+                             f"split; default {FULL.epoch_steps}, --quick {QUICK.epoch_steps})")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every run")
+    parser.add_argument("--seed", type=int, default=0, help="the baseline's seed (the bundle's is train.yaml's)")
+    parser.add_argument("--work", default=None, help="where runs, logs and the MLflow store go")
+    parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
+    parser.add_argument("--tag", default=None, help="name of the result files (default: reconstruction_<dataset>)")
+    parser.add_argument("--quick", action="store_true", help="tiny synthetic data and models, a few seconds each")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    machine_record = machine_info("cpu")  # before the runs: the load average is the one they started under
+    setting = QUICK if args.quick else FULL
+    minutes = QUICK_MINUTES if args.quick and args.minutes == parser.get_default("minutes") else args.minutes
+    candidates = args.candidates or (QUICK_CANDIDATES if args.quick else list(CANDIDATES))
+    check_candidates(candidates, setting)
+    epoch_steps = setting.epoch_steps if args.epoch_steps is None else args.epoch_steps
+    temporary = tempfile.TemporaryDirectory(prefix="reconstruction-") if args.quick else None
+    work = Path(args.work) if args.work else (Path(temporary.name) if temporary else ROOT / "runs" / "benchmarks")
+    work = work.resolve()
+    if args.quick:
+        dataset_name = "a tiny synthetic demo cohort"
+        build_demo_cohort(work / "data", subjects=6, size=setting.image_size, slices_per_subject=4, progress=False)
+        dataset, reader = str(work / "data"), {}
+    elif args.dataset == "ixi":
+        dataset_name, dataset, reader = "IXI T1", str(IXI), dict(DATASETS["ixi"])
+        if not IXI.is_dir():
+            raise SystemExit(f"IXI volumes not found at {IXI} (see ../shared/data/ixi_t1/README.md)")
+    elif args.dataset == "demo":
+        dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(ROOT / "data" / "demo")), {}
+    else:
+        dataset_name, dataset, reader = args.dataset, str(Path(args.dataset).resolve()), {}
+    tag = args.tag or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
+    out_dir = Path(args.out)
+
+    # the baseline's slices: the same records and images the bundle gets from the same settings
+    phase = time.perf_counter()
+    defaults = bundle_defaults()
+    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
+                           axis=reader.get("slice_axis", defaults["slice_axis"]),
+                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
+                           required_splits=["train", "validate", "test"], progress=False)
+    records = report.usable()
+    check_sizes(report, dataset)
+    train = load_images(records["train"], setting.image_size)
+    test = load_images(records["test"], setting.image_size)
+    data_s = time.perf_counter() - phase
+    examples = train[:: max(1, len(train) // 16)][:16]
+    save_png(tile([to_uint8(image.float() / 255.0) for image in examples], columns=8),
+             work / f"{tag}-train_slices.png")
+    print(f"data: {len(records['train'])} train, {len(records['validate'])} validate, {len(records['test'])} test "
+          f"slices, loaded in {data_s:.1f} s; examples in {work / f'{tag}-train_slices.png'}", flush=True)
+
+    rows = []
+    for budget in minutes:
+        for name in candidates:
+            rows.append(run_candidate(name, budget, dataset, reader, setting, work, tag, args.max_epochs,
+                                      epoch_steps, args.threads, len(records["train"])))
+            print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
+        if not args.no_baseline:
+            rows.append(run_baseline(budget, train, test, setting, work, tag, args.seed))
+            print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
+
+    command = ["python", "benchmarks/reconstruction_ixi.py", *(sys.argv[1:] if argv is None else argv)]
+    result = {
+        "dataset_name": dataset_name, "dataset": dataset, "quick": args.quick, "minutes": minutes,
+        "candidates": candidates, "baseline": not args.no_baseline, "epoch_steps": epoch_steps,
+        "image_size": setting.image_size, "threads": args.threads, "command": shlex.join(command),
+        "machine": machine_summary(machine_record), "machine_info": machine_record,
+        "data": {"layout": report.layout, "reader": reader or "train.yaml's",
+                 "slices": {split: len(items) for split, items in records.items()},
+                 "subjects": {split: len({r["subject"] for r in items}) for split, items in records.items()}},
+        "rows": rows,
+        "phases_s": {"baseline_data": round(data_s, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    for row in rows:
+        for key in ("ssim", "ssim_std", "psnr"):
+            row[key] = round(row[key], 4) if math.isfinite(row[key]) else row[key]
+        row["epochs"] = round(row["epochs"], 2)
+    text = markdown(result)
+    written = [write_text(out_dir / f"{tag}.md", text),
+               write_text(out_dir / f"{tag}.json", json.dumps(result, indent=2) + "\n")]
+    print(text)
+    print("written:", ", ".join(str(path) for path in written))
+    if temporary:
+        temporary.cleanup()
+
+
+if __name__ == "__main__":
+    main()
