@@ -466,11 +466,14 @@ class PriorSamples:
         run_handler: the MLFlowHandler whose run receives the pictures (None: files only).
         name: file name prefix and artifact folder.
         columns: samples per row of the picture.
+        cond: for the bottom prior of a two-level VQ-VAE, the top code grids ``[num_samples, h, w]`` it draws the
+            bottom codes under (e.g. those of validation slices); the pictures decode both levels.
     """
 
     def __init__(self, prior: nn.Module, vqvae: nn.Module, output_dir: str | Path, grid_size: int,
                  num_samples: int = 8, temperature: float = 1.0, num_classes: int | None = None, seed: int = 0,
-                 run_handler: MLFlowHandler | None = None, name: str = "samples", columns: int = 8):
+                 run_handler: MLFlowHandler | None = None, name: str = "samples", columns: int = 8,
+                 cond: torch.Tensor | None = None):
         self.prior = prior
         self.vqvae = vqvae
         self.output_dir = Path(output_dir)
@@ -482,6 +485,9 @@ class PriorSamples:
         self.run_handler = run_handler
         self.name = name
         self.columns = max(int(columns), 1)
+        self.cond = None if cond is None else torch.as_tensor(cond).long()
+        if self.cond is not None and len(self.cond) < self.num_samples:
+            self.num_samples = len(self.cond)  # as many pictures as top grids to draw under
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -498,9 +504,12 @@ class PriorSamples:
         device = next(prior.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         with sampling_threads(device):
+            cond = None if self.cond is None else self.cond[:self.num_samples].to(device)
             images, codes = VQVAEPixelCNNInferer().sample(unwrap(self.vqvae), prior, self.num_samples,
                                                           (self.grid_size, self.grid_size), self.temperature,
-                                                          generator, self.labels())
+                                                          generator, self.labels(), cond=cond)
+        if isinstance(codes, tuple):  # (top, bottom): the pictures show the bottom codes the prior drew
+            codes = codes[1]
         return images.cpu(), codes.cpu()
 
     def __call__(self, engine: Engine) -> None:

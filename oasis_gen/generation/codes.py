@@ -24,8 +24,9 @@ from oasis_gen.data.transforms import decode_intensity, eval_transforms
 from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.files import atomic_path
 from oasis_gen.networks.pixelcnn import pixelcnn_spec
+from oasis_gen.networks.pixelcnn_inferer import Codes
 from oasis_gen.networks.spec import ModelSpec, checkpoint_sha256, read_checkpoint
-from oasis_gen.networks.vqvae import load_vqvae, require_single_level
+from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae, named_quantizers
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def encode_codes(
     """Encode slices to code grids with a VQ-VAE, in order.
 
     Args:
-        vqvae: MONAI's VQ-VAE; run in eval mode without gradients (its previous mode is restored after).
+        vqvae: MONAI's VQ-VAE or a two-level one; run in eval mode without gradients (its previous mode is
+            restored after).
         dataset_or_records: slice records (``{"image": path, ...}``, loaded with the evaluation transforms at
             ``image_size``) or a dataset yielding dicts whose ``"image"`` is an encoded (1, H, W) slice.
         image_size: the VQ-VAE's input size.
@@ -63,17 +65,16 @@ def encode_codes(
         progress: show a progress bar.
 
     Returns:
-        ``[N, g, g]`` code indices on the CPU, as :func:`code_dtype` of the codebook size.
+        ``[N, g, g]`` code indices on the CPU, as :func:`code_dtype` of the codebook size; for a two-level VQ-VAE
+        ``(top, bottom)`` grids.
     """
     if isinstance(dataset_or_records, torch.utils.data.Dataset):
         dataset = dataset_or_records
     else:
         dataset = Dataset(data=list(dataset_or_records), transform=eval_transforms(int(image_size), "uint8"))
-    require_single_level(vqvae, "the code cache of the prior")
-    quantizer = vqvae.quantizer.quantizer
-    dtype = code_dtype(int(quantizer.num_embeddings))
+    dtypes = {name: code_dtype(int(q.num_embeddings)) for name, q in named_quantizers(vqvae).items()}
     loader = DataLoader(dataset, batch_size=max(int(batch_size), 1), shuffle=False, num_workers=0)
-    grids: list[torch.Tensor] = []
+    grids: list[Codes] = []
     was_training = vqvae.training
     vqvae.eval()
     try:
@@ -83,12 +84,23 @@ def encode_codes(
                 if isinstance(images, MetaTensor):  # plain tensors: the cache must load with weights_only
                     images = images.as_tensor()
                 codes = vqvae.index_quantize(decode_intensity(torch.as_tensor(images).to(device)))
-                grids.append(torch.Tensor.as_subclass(codes, torch.Tensor).to("cpu", dtype))
+                if isinstance(codes, tuple):
+                    grids.append((_plain(codes[0], dtypes["top"]), _plain(codes[1], dtypes[""])))
+                else:
+                    grids.append(_plain(codes, dtypes[""]))
     finally:
         vqvae.train(was_training)
+    if "top" in dtypes:
+        if not grids:
+            return torch.zeros((0, 0, 0), dtype=dtypes["top"]), torch.zeros((0, 0, 0), dtype=dtypes[""])
+        return torch.cat([g[0] for g in grids]), torch.cat([g[1] for g in grids])
     if not grids:
-        return torch.zeros((0, 0, 0), dtype=dtype)
+        return torch.zeros((0, 0, 0), dtype=dtypes[""])
     return torch.cat(grids)
+
+
+def _plain(codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.Tensor.as_subclass(codes, torch.Tensor).to("cpu", dtype)
 
 
 def class_count(value: Any, key: str = "num_classes") -> int | None:
@@ -150,12 +162,18 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
     return cache if isinstance(cache, dict) and cache.get("format") == CACHE_FORMAT else None
 
 
-def prior_records(codes: torch.Tensor, slices: Sequence[Mapping[str, Any]], num_classes: int | None = None
+def prior_records(codes: Codes, slices: Sequence[Mapping[str, Any]], num_classes: int | None = None
                   ) -> list[dict[str, Any]]:
-    """Pair code grids ``[N, g, g]`` with their slices' identity and slice-position bucket."""
+    """Pair code grids ``[N, g, g]`` (or ``(top, bottom)`` grids, kept as ``top_codes`` and ``codes``) with their
+    slices' identity and slice-position bucket."""
     labels = slice_labels(slices, num_classes)
-    return [{"codes": grid, "image": s["image"], "subject": s["subject"], "slice": s["slice"], "label": label}
-            for grid, s, label in zip(codes, slices, labels, strict=True)]
+    top, codes = codes if isinstance(codes, tuple) else (None, codes)
+    records = [{"codes": grid, "image": s["image"], "subject": s["subject"], "slice": s["slice"], "label": label}
+               for grid, s, label in zip(codes, slices, labels, strict=True)]
+    if top is not None:
+        for record, grid in zip(records, top, strict=True):
+            record["top_codes"] = grid
+    return records
 
 
 def code_datasets(
@@ -193,7 +211,8 @@ def code_datasets(
         cache = _read_cache(path)
         if cache is not None and cache.get("vqvae_sha256") == sha256 and cache.get("records") == slices:
             logger.info("reusing cached codes of the %s split (%d grids) from %s", split, len(slices), path)
-            datasets[split] = prior_records(cache["codes"], slices, num_classes)
+            cached = (cache["top_codes"], cache["codes"]) if "top_codes" in cache else cache["codes"]
+            datasets[split] = prior_records(cached, slices, num_classes)
             continue
         if cache is None:
             reason = "no cache yet"
@@ -209,24 +228,41 @@ def code_datasets(
             if "image_size" not in spec.values:
                 raise CheckpointError(ckpt, "not a VQ-VAE checkpoint of oasis-gen (no VQ-VAE spec saved)")
         codes = encode_codes(vqvae, records, spec["image_size"], batch_size, device, progress)
+        levels = {"top_codes": codes[0], "codes": codes[1]} if isinstance(codes, tuple) else {"codes": codes}
         with atomic_path(path) as tmp:
-            torch.save({"format": CACHE_FORMAT, "codes": codes, "records": slices, "vqvae_checkpoint": str(ckpt),
+            torch.save({"format": CACHE_FORMAT, **levels, "records": slices, "vqvae_checkpoint": str(ckpt),
                         "vqvae_sha256": sha256, "spec": spec.state_dict()}, tmp)
         datasets[split] = prior_records(codes, slices, num_classes)
     return datasets
 
 
 def prior_spec(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_checkpoint: str | Path, vqvae_sha256: str,
-               **architecture: Any) -> ModelSpec:
-    """The prior's spec for a VQ-VAE (its K and grid), with sizes that cannot work reported as a ConfigError."""
+               level: str = "bottom", top_prior_checkpoint: str | Path | None = None, **architecture: Any
+               ) -> ModelSpec:
+    """The prior's spec for one level of a VQ-VAE's codes (its K and grid), with sizes that cannot work reported as
+    a ConfigError.
+
+    For a two-level VQ-VAE the spec records its ``level``; the bottom prior is conditioned on the whole top grid
+    (``cond_num_embeddings``, ``cond_factor``) and may record the top prior's checkpoint, so that sampling and
+    inference need only the bottom one. A single-level VQ-VAE's prior spec is as before (no level).
+    """
     vq = vqvae_spec.values if isinstance(vqvae_spec, ModelSpec) else dict(vqvae_spec)
     if "num_classes" in architecture:
         architecture["num_classes"] = class_count(architecture["num_classes"])
+    num_embeddings, grid_size = level_sizes(vq, level)
+    two_level = is_two_level(vq)
+    if two_level and level == "bottom":
+        architecture.update(cond_num_embeddings=int(vq["top_num_embeddings"]),
+                            cond_factor=int(vq["grid_size"]) // int(vq["top_grid_size"]))
     try:
-        return pixelcnn_spec(num_embeddings=vq["num_embeddings"], grid_size=vq["grid_size"],
+        spec = pixelcnn_spec(num_embeddings=num_embeddings, grid_size=grid_size,
                              vqvae_checkpoint=str(vqvae_checkpoint), vqvae_sha256=vqvae_sha256, **architecture)
     except (TypeError, ValueError) as err:
         # the network's checks start with the argument's name ("kernel_size must be ...")
         key = str(err).split()[0] if str(err).split() else "prior"
         raise ConfigError(key if key in architecture else "prior", str(err)) from None
-
+    if two_level:
+        spec.values["level"] = level
+        if level == "bottom" and top_prior_checkpoint not in (None, "", "null", "None"):
+            spec.values["top_prior_checkpoint"] = str(top_prior_checkpoint)
+    return spec

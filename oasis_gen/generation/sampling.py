@@ -20,8 +20,7 @@ import torch
 from oasis_gen.bundle_checks import optional
 from oasis_gen.errors import ConfigError
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
-from oasis_gen.networks.pixelcnn_sampling import complete_codes
+from oasis_gen.networks.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
 from oasis_gen.threads import sampling_threads
 
 __all__ = ["REGIONS", "complete_scan", "generate", "load_scan", "region_mask"]
@@ -31,8 +30,13 @@ logger = logging.getLogger(__name__)
 REGIONS = ("bottom_half", "top_half", "left_half", "right_half", "center", "rows:A-B")
 
 
-def _model_device(model: GatedPixelCNN) -> torch.device:
-    return model.embedding.weight.device
+def _model_device(model: GatedPixelCNN | TwoLevelPrior) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _bottom(codes: Codes) -> torch.Tensor:
+    """The finest code grids: those a single-level VQ-VAE has, the bottom ones of a two-level one."""
+    return codes[1] if isinstance(codes, tuple) else codes
 
 
 def _grid(grid: int | tuple[int, int]) -> tuple[int, int]:
@@ -132,7 +136,7 @@ def _generator(prior: GatedPixelCNN, seed: Any) -> torch.Generator | None:
 
 
 def generate(
-    prior: GatedPixelCNN,
+    prior: GatedPixelCNN | TwoLevelPrior,
     vqvae: torch.nn.Module,
     num_samples: int = 16,
     temperature: float = 1.0,
@@ -147,7 +151,7 @@ def generate(
 
     Args:
         prior, vqvae: the two networks (see :func:`oasis_gen.generation.pair.load_pair`; their sizes are not
-            checked here).
+            checked here); for a two-level VQ-VAE a :class:`TwoLevelPrior` (top codes first, then the bottom).
         num_samples: number of slices.
         temperature: ``> 0``; below 1 sharper and more typical, above 1 more varied.
         seed: seed of the sampler's random generator (same seed, same samples); ``None``: not seeded.
@@ -157,7 +161,8 @@ def generate(
             so they cannot tell it themselves.
 
     Returns:
-        ``(codes, images)``: int64 ``[N, h, w]`` and float32 ``[N, 1, H, W]`` in [0, 1].
+        ``(codes, images)``: int64 ``[N, h, w]`` (the bottom grids of a two-level VQ-VAE) and float32
+        ``[N, 1, H, W]`` in [0, 1].
     """
     count = _as_int(num_samples, "num_samples", minimum=1)
     temperature = _as_temperature(temperature)
@@ -166,11 +171,11 @@ def generate(
     with sampling_threads(_model_device(prior)):
         images, codes = VQVAEPixelCNNInferer().sample(vqvae, prior, count, _grid(grid), temperature, generator,
                                                       label, bool(progress))
-    return codes, images
+    return _bottom(codes), images
 
 
 def complete_scan(
-    prior: GatedPixelCNN,
+    prior: GatedPixelCNN | TwoLevelPrior,
     vqvae: torch.nn.Module,
     image: torch.Tensor,
     region: str | torch.Tensor = "bottom_half",
@@ -186,7 +191,8 @@ def complete_scan(
 
     Args:
         image: the slice ``[1, H, W]`` (or ``[H, W]``) in [0, 1], at the VQ-VAE's size (see :func:`load_scan`).
-        region: a name for :func:`region_mask` or a bool ``[h, w]`` mask of the code positions to resample.
+        region: a name for :func:`region_mask` or a bool ``[h, w]`` mask of the code positions to resample (of
+            the bottom grid of a two-level VQ-VAE: the top positions above it are resampled first).
         others: as :func:`generate`.
 
     Returns:
@@ -201,8 +207,8 @@ def complete_scan(
     count = _as_int(num_samples, "num_completions", minimum=1)
     temperature = _as_temperature(temperature)
     label = _label(prior, label)
-    original = encode_images(vqvae, image[None])[0]
-    height, width = original.shape
+    original = encode_images(vqvae, image[None])
+    height, width = _bottom(original).shape[-2:]
     if isinstance(region, torch.Tensor):
         mask = region.bool()
         if mask.shape != (height, width):
@@ -213,10 +219,12 @@ def complete_scan(
     device = _model_device(prior)
     generator = _generator(prior, seed)
     with sampling_threads(device):
-        given = original.to(device).expand(count, height, width).contiguous()
-        completed = complete_codes(prior, given, mask.to(device), temperature, label, generator, bool(progress))
-        images = decode_codes(vqvae, completed)
-    return original, completed, images
+        levels = original if isinstance(original, tuple) else (original,)
+        given = tuple(level.to(device).expand(count, *level.shape[-2:]).contiguous() for level in levels)
+        images, completed = VQVAEPixelCNNInferer().complete(vqvae, prior, given if len(given) == 2 else given[0],
+                                                            mask.to(device), temperature, generator, label,
+                                                            bool(progress))
+    return _bottom(original)[0], _bottom(completed), images
 
 
 def load_scan(path: str | Path, image_size: int) -> torch.Tensor:

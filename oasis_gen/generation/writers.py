@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from oasis_gen.files import atomic_path, write_text
+from oasis_gen.generation.plausibility import format_report
 from oasis_gen.pictures import code_map_picture, save_png, tile, to_uint8
 
-__all__ = ["Timed", "timed", "timing_metrics", "write_completion", "write_samples", "write_summary"]
+__all__ = ["Timed", "timed", "timing_metrics", "write_completion", "write_plausibility", "write_samples",
+           "write_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,4 +182,18 @@ def write_summary(out_dir: str | Path, settings: Mapping[str, Any], metrics: Map
     path = write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     logger.info("results in %s (grid.png, summary.json); %s", Path(out_dir),
                 ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+    return path
+
+
+def write_plausibility(out_dir: str | Path, report: Mapping[str, float], heldout: Mapping[str, float]) -> Path:
+    """Write ``plausibility.md``: the plausibility figures beside their real-vs-real floors, and the prior's held-out
+    NLL; log the table too, so that the console shows it."""
+    lines = ["# Do the samples look real?", "", format_report(dict(report))]
+    if heldout:
+        lines += ["", f"Held-out NLL of the prior on {int(heldout['nll_slices'])} test slices: "
+                      f"{heldout['nll_bits_per_code']:.3f} bits per code, {heldout['nll_bits_per_slice']:.0f} bits "
+                      f"per slice ({int(heldout['nll_codes_per_slice'])} codes per slice)."]
+    text = "\n".join(lines) + "\n"
+    path = write_text(Path(out_dir) / "plausibility.md", text)
+    logger.info("plausibility of the samples (%s):\n%s", path, text)
     return path

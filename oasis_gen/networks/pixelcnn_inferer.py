@@ -192,7 +192,8 @@ class VQVAEPixelCNNInferer(Inferer):
             labels: class labels ``[N]`` (or one ``int``) for a conditional prior.
             progress: show a progress bar over code rows.
             cond: conditioning grids ``[N, h / cond_factor, w / cond_factor]`` (or one) for a prior with
-                spatial conditioning (e.g. the top codes of a two-level VQ-VAE).
+                spatial conditioning: the top codes of a two-level VQ-VAE, for its bottom prior alone (the images
+                then decode both levels, and the codes returned are ``(top, bottom)``).
 
         Returns:
             ``(images, codes)``: float32 ``[N, 1, H, W]`` in [0, 1] and int64 ``[N, h, w]`` codes (``(top,
@@ -206,6 +207,8 @@ class VQVAEPixelCNNInferer(Inferer):
         else:
             codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress,
                                  cond=cond)
+            if cond is not None and "top" in named_quantizers(vqvae):  # a bottom prior given top codes
+                codes = (cond.to(codes.device).long().expand(num_samples, *cond.shape[-2:]), codes)
         return decode_codes(vqvae, codes), codes
 
     def get_likelihood(
