@@ -4,8 +4,11 @@ Per scan, into ``<inference_dir>/<scan name>/``: the reconstruction in the input
 (:mod:`oasis_gen.inference.writers`), ``codes.npy`` / ``codes.png``, ``metrics.csv`` (per plane: SSIM and PSNR
 against the input as the VQ-VAE sees it, and bits per code), with a prior ``atypicality.npy`` (bits per code,
 upsampled to the input's geometry), ``atypicality_codes.npy`` (on the code grid) and ``atypicality.png``, and
-``comparison.png``. A scan that cannot be read or processed is reported (log line and summary row) and skipped;
-the others finish. Nothing is deleted and every file is replaced atomically, so earlier outputs survive.
+``comparison.png``. For a two-level VQ-VAE ``codes.npy``/``codes.png`` are the bottom codes, ``codes_top.npy``
+the top ones, and the atypicality maps lie at the bottom grid with the top codes' bits shared out over it (a
+slice's map still sums to its total bits). A scan that cannot be read or processed is reported (log line and
+summary row) and skipped; the others finish. Nothing is deleted and every file is replaced atomically, so
+earlier outputs survive.
 """
 
 from __future__ import annotations
@@ -100,20 +103,23 @@ class NetworkOutputs:
     """The networks' results for a batch of planes (on the CPU)."""
 
     reconstructions: torch.Tensor  # [N, 1, size, size] in [0, 1]
-    codes: torch.Tensor  # [N, h, w] int64
+    codes: torch.Tensor  # [N, h, w] int64 (the bottom codes of a two-level VQ-VAE)
     ssim: torch.Tensor  # [N]
     psnr: torch.Tensor  # [N]
     bits: torch.Tensor | None  # [N, h, w] bits per code, with a prior
+    top_codes: torch.Tensor | None = None  # [N, t, t] int64, two-level VQ-VAE only
 
 
 def run_networks(models: InferenceModels, inputs: torch.Tensor, labels: torch.Tensor | None = None,
                  batch_size: int = 32, amp: bool = False) -> NetworkOutputs:
-    """Encode, quantize and decode planes ``[N, 1, size, size]`` in batches; score them; prior NLL per code."""
+    """Encode, quantize and decode planes ``[N, 1, size, size]`` in batches (both levels of a two-level VQ-VAE);
+    score them; prior NLL per (bottom) code."""
     device = models.device
     ssim_metric = SSIMMetric(spatial_dims=2, data_range=1.0)
     psnr_metric = PSNRMetric(max_val=1.0)
     autocast = bool(amp) and device.type == "cuda"
-    parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "ssim": [], "psnr": []}
+    parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "ssim": [], "psnr": [],
+                                            "top_codes": []}
     step = max(int(batch_size), 1)
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], step):
@@ -125,11 +131,15 @@ def run_networks(models: InferenceModels, inputs: torch.Tensor, labels: torch.Te
             parts["ssim"].append(ssim_metric(reconstructions, images).flatten().cpu())
             parts["psnr"].append(psnr_metric(reconstructions, images).flatten().cpu())
             parts["reconstructions"].append(reconstructions.cpu())
+            if isinstance(codes, tuple):  # a two-level VQ-VAE: (top, bottom)
+                parts["top_codes"].append(codes[0].long().cpu())
+                codes = codes[1]
             parts["codes"].append(codes.long().cpu())
-    joined = {key: torch.cat(values) for key, values in parts.items()}
+    joined = {key: torch.cat(values) if values else None for key, values in parts.items()}
     bits = None
     if models.prior is not None:
-        bits = code_nll_bits(models.prior, joined["codes"], labels, batch_size, amp)
+        scored = joined["codes"] if joined["top_codes"] is None else (joined["top_codes"], joined["codes"])
+        bits = code_nll_bits(models.prior, scored, labels, batch_size, amp)
     return NetworkOutputs(bits=bits, **joined)
 
 
@@ -289,11 +299,14 @@ def _write_scan(settings: _Settings, planes: ScanPlanes, inputs: torch.Tensor, g
     scored = planes.scored
     shown = figures.picture_slices(scored, settings.montage_slices)
     compared = figures.picture_slices(scored, settings.comparison_slices)
-    top = math.log2(models.num_embeddings)
+    top = models.uniform_bits  # the heat scale: what a prior that knows nothing pays per code
 
     # everything computed first, then written: a failure leaves the scan's earlier files as they were
     restored = view.to_input(reconstructions, geometry)
     files: dict[str, np.ndarray] = {"codes.npy": codes if is_volume else codes[0]}
+    if outputs.top_codes is not None:
+        top_codes = outputs.top_codes[part].numpy()
+        files["codes_top.npy"] = top_codes if is_volume else top_codes[0]
     pictures = {"codes.png": figures.montage([figures.code_map(codes[k], models.num_embeddings, size)
                                               for k in shown])}
     bits_grid = bits_model = None
