@@ -230,22 +230,14 @@ def test_typical_nll_of_two_levels_reads_both_grids_of_the_validation_codes(chec
     sha = file_sha256(vqvae)
     bottom_cache = work / "prior" / "codes" / "codes_validate.pt"
     bottom_cache.parent.mkdir(exist_ok=True)
-    top_cache = work / "prior_top" / "codes" / "codes_validate.pt"
-    top_cache.parent.mkdir(exist_ok=True)
     try:
         # the top grids in the bottom prior's own cache
         torch.save({"codes": bottom, "top_codes": top, "records": _records(5), "vqvae_sha256": sha}, bottom_cache)
         typical = typical_nll(models, "auto")
         assert typical["grids"] == 5 and typical["bits_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
         assert typical["uniform_bits"] == pytest.approx(4.0 + 3.0 / 16)
-        # the top grids in the top prior's cache, in another order: matched slice by slice
+        # a cache without top grids: left out, not a failure
         torch.save({"codes": bottom, "records": _records(5), "vqvae_sha256": sha}, bottom_cache)
-        order = [3, 0, 4, 1, 2]
-        torch.save({"codes": top[order], "records": [_records(5)[k] for k in order], "vqvae_sha256": sha,
-                    "level": "top"}, top_cache)
-        assert typical_nll(models, "auto")["bits_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
-        top_cache.unlink()  # no top grids anywhere: left out, not a failure
         assert typical_nll(models, "auto") is None
     finally:
         bottom_cache.unlink(missing_ok=True)
-        top_cache.unlink(missing_ok=True)

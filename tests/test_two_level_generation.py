@@ -96,8 +96,9 @@ def test_a_two_level_prior_needs_a_conditioned_bottom_and_matching_codebooks():
 def test_the_pair_rule_checks_each_prior_against_its_own_level(tmp_path):
     top = prior_spec(SPEC, "vq.pt", "", level="top", channels=8, num_layers=2)
     bottom = prior_spec(SPEC, "vq.pt", "", level="bottom", channels=8, num_layers=2)
-    assert check_pair(top, SPEC, "top.pt", "vq.pt") is None and check_pair(bottom, SPEC, "b.pt", "vq.pt") is None
-    with pytest.raises(CheckpointError, match="K=8 bottom codes on a 2x2 grid, but the VQ-VAE vq.pt has K=16 bottom codes on 8x8"):
+    assert check_pair(top, SPEC, "top.pt", "vq.pt") is None
+    assert check_pair(bottom, SPEC, "b.pt", "vq.pt") is None
+    with pytest.raises(CheckpointError, match="K=8 bottom codes on a 2x2 grid, but the VQ-VAE vq.pt has K=16 bottom"):
         check_pair({**top.values, "level": "bottom"}, SPEC, "top.pt", "vq.pt")
 
 

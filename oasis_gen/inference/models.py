@@ -209,9 +209,8 @@ def typical_nll(models: InferenceModels, typical_codes: str | Path | None, batch
     code of its validation codes (the cache ``train_prior.yaml`` wrote for this VQ-VAE; at most ``max_grids``
     of them, evenly spread), or ``None`` when no such cache is found.
 
-    For a two-level VQ-VAE the cache is the bottom prior's, and the top grid of each of its slices comes from that
-    cache (``top_codes``/``cond``, or ``codes`` as a ``(top, bottom)`` pair) or else from the top prior's own
-    cache (matched slice by slice); the bits are those of the atypicality map (top and bottom).
+    For a two-level VQ-VAE the cache holds both grids (``top_codes`` and ``codes``); the bits are those of the
+    atypicality map (top and bottom).
     """
     if models.prior is None or models.prior_path is None:
         return None
@@ -225,7 +224,7 @@ def typical_nll(models: InferenceModels, typical_codes: str | Path | None, batch
         return None
     codes, records = cache["codes"], cache["records"]
     if models.two_level:
-        codes = _two_level_codes(models, cache, path, auto)
+        codes = _two_level_codes(cache, path)
         if codes is None:
             return None
     grids = len(codes[1]) if isinstance(codes, tuple) else len(codes)
@@ -268,31 +267,10 @@ def _read_cache(models: InferenceModels, path: Path, warn_missing: bool) -> dict
     return cache
 
 
-def _identity(record: Any) -> tuple:
-    return str(record.get("image")), str(record.get("subject")), int(record.get("slice", 0)), record.get("axis")
-
-
-def _two_level_codes(models: InferenceModels, cache: dict[str, Any], path: Path, auto: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The ``(top, bottom)`` validation grids of a two-level VQ-VAE's bottom-prior cache, else ``None`` (warned)."""
-    codes = cache["codes"]
-    if isinstance(codes, (tuple, list)) and len(codes) == 2:
-        return codes[0], codes[1]
-    if cache.get("level", "bottom") != "bottom":
-        logger.warning("the validation codes %s are %s codes, not the bottom ones: the typical atypicality is left "
-                       "out", path, cache.get("level"))
-        return None
-    for key in ("top_codes", "cond"):
-        top = cache.get(key)
-        if isinstance(top, torch.Tensor) and len(top) == len(codes):
-            return top, codes
-    top_cache = _read_cache(models, _cache_path(models.top_prior_path), warn_missing=False) if (
-        auto and models.top_prior_path is not None) else None
-    if top_cache is not None and isinstance(top_cache["codes"], torch.Tensor):
-        where = {_identity(r): k for k, r in enumerate(top_cache["records"])}
-        rows = [where.get(_identity(r)) for r in cache["records"]]
-        if rows and None not in rows:
-            return top_cache["codes"][torch.tensor(rows)], codes
-    logger.warning("the validation codes %s hold no top codes (and the top prior's cache does not match them): "
-                   "the typical atypicality is left out", path)
+def _two_level_codes(cache: dict[str, Any], path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``(top, bottom)`` validation grids of a two-level VQ-VAE's code cache, else ``None`` (warned)."""
+    top = cache.get("top_codes")
+    if isinstance(top, torch.Tensor) and len(top) == len(cache["codes"]):
+        return top, cache["codes"]
+    logger.warning("the validation codes %s hold no top codes: the typical atypicality is left out", path)
     return None

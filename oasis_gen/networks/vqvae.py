@@ -158,14 +158,6 @@ def named_quantizers(network: torch.nn.Module) -> dict[str, EMAQuantizer]:
     return {"": network.quantizer.quantizer}
 
 
-def require_single_level(network: torch.nn.Module, what: str) -> None:
-    """Raise a ConfigError when ``what`` (a stage that works on one code grid) is given a two-level VQ-VAE."""
-    if isinstance(getattr(network, "module", network), TwoLevelVQVAE):
-        raise ConfigError("vqvae_ckpt", f"{what} works on one code grid, and this is a two-level VQ-VAE "
-                                        "(top_downsamplings >= 1): its top and bottom priors are not built yet; "
-                                        "use a single-level VQ-VAE (top_downsamplings 0)")
-
-
 def is_two_level(spec: ModelSpec | Mapping[str, Any]) -> bool:
     """Whether a VQ-VAE spec describes a two-level model (a top grid above the bottom one)."""
     values = spec.values if isinstance(spec, ModelSpec) else dict(spec)
