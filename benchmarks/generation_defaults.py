@@ -1,0 +1,191 @@
+"""Which representation and prior make samples brains? Candidates trained at equal wall time, side by side.
+
+Each candidate is the demo pipeline (``pipelines/demo.yaml``, so the real bundle configs) with its own
+``--set`` overrides and its own runs folder, given the same minutes for the VQ-VAE and for the prior. The
+table has, per candidate: test SSIM/PSNR of the VQ-VAE, the prior's held-out NLL in bits per code and per slice
+(comparable across grids and codebooks), the plausibility figures of the samples beside their real-vs-real
+floors (``oasis_gen.generation.plausibility``), and the sampling time.
+
+Usage::
+
+    .venv/bin/python benchmarks/generation_defaults.py                      # demo cohort, the demo's budget
+    .venv/bin/python benchmarks/generation_defaults.py --vqvae-minutes 10 --prior-minutes 20 --name gen_30min
+    .venv/bin/python benchmarks/generation_defaults.py --dataset ixi       # real T1 volumes in ../shared (IXI)
+    .venv/bin/python benchmarks/generation_defaults.py --candidates today,grid16
+
+``--quick`` trains tiny models for seconds on a tiny demo cohort (what the test suite runs so this cannot rot).
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_machine import machine_info, machine_summary
+
+from oasis_gen.files import write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
+IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never a default or a test's input
+
+# candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
+CANDIDATES: dict[str, list[str]] = {
+    "two_level": [],  # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256)
+    "two_level_top16": ["vqvae.top_downsamplings=1", "prior_top.num_layers=12"],  # a 16x16 top grid
+    # the former default: one 32x32 grid of K=256 codes, one prior given all the prior minutes
+    "single_level": ["vqvae.top_downsamplings=0", "vqvae.top_num_embeddings=null", "prior.top_prior_ckpt=null"],
+}
+SINGLE_LEVEL = {"single_level"}  # candidates without a top prior stage
+# IXI volumes are stored P-S-R: axis 1 is axial; min_brain_fraction 0.25 drops the neck and the skull cap
+IXI_SETTINGS = ["slice_axis=1", "min_brain_fraction=0.25"]
+DATA_STAGES = ("vqvae", "evaluation", "codes", "prior_top", "prior", "sampling")
+QUICK = ["data.subjects=9", "data.size=32", "data.slices_per_subject=4",
+         "vqvae.image_size=32", "vqvae.channels=[8,16]", "vqvae.num_embeddings=16", "vqvae.embedding_dim=8",
+         "vqvae.top_num_embeddings=8", "evaluation.image_size=32", "prior.channels=8", "prior.num_layers=2",
+         "prior_top.channels=8", "prior_top.num_layers=2", "sampling.plausibility_epochs=2"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="demo", choices=("demo", "ixi"))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names")
+    parser.add_argument("--vqvae-minutes", type=float, default=3.0)
+    parser.add_argument("--prior-minutes", type=float, default=3.0,
+                        help="for both priors together: a third to the top prior, the rest to the bottom one")
+    parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_generation")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--name", default=None, help="result file name (default: generation_<dataset>_<minutes>)")
+    parser.add_argument("--quick", action="store_true", help="tiny images and models, seconds (for the tests)")
+    return parser.parse_args(argv)
+
+
+def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -> list[str]:
+    """The ``oasis-gen pipeline run`` command line that trains and samples one candidate."""
+    single = candidate in SINGLE_LEVEL
+    top_minutes = 0.0 if single else args.prior_minutes / 3
+    settings = [f"runs_dir={runs_dir}", f"tracking_uri={runs_dir.parent / 'mlruns'}",
+                f"vqvae_minutes={args.vqvae_minutes}", f"top_prior_minutes={top_minutes:g}",
+                f"prior_minutes={args.prior_minutes - top_minutes:g}", "vqvae_epochs=1000", "prior_epochs=1000",
+                "top_prior_epochs=1000", f"num_samples={args.num_samples}"]
+    if args.dataset == "ixi":
+        settings += [f"data_dir={IXI_DIR}"]
+        settings += [f"{stage}.{item}" for stage in DATA_STAGES for item in IXI_SETTINGS]
+    else:
+        settings += [f"data_dir={args.runs_dir / 'data_quick' if args.quick else ROOT / 'data' / 'demo'}"]
+    if args.quick:
+        scan = args.runs_dir / "data_quick" / "keras_png_slices_test" / "case_005_slice_1.nii.png"  # a test slice
+        settings += QUICK + ["vqvae_epochs=1", "prior_epochs=1", "top_prior_epochs=1", f"completion_scan={scan}"]
+    settings += CANDIDATES[candidate]
+    stages = ("data",) * (args.dataset == "demo") + tuple(s for s in DATA_STAGES if not (single and s == "prior_top"))
+    pipeline = single_level_pipeline(runs_dir) if single else ROOT / "pipelines" / "demo.yaml"
+    command = [sys.executable, "-m", "oasis_gen.cli", "pipeline", "run", str(pipeline), "--only", *stages]
+    for item in settings:
+        command += ["--set", item]
+    return command
+
+
+def single_level_pipeline(runs_dir: Path) -> Path:
+    """The demo pipeline without its top prior stage (written beside the candidate's runs), for one-level candidates."""
+    pipeline = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
+    del pipeline["stages"]["prior_top"]
+    pipeline["stages"]["prior"]["needs"] = ["codes"]
+    path = runs_dir / "single_level_pipeline.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, yaml.safe_dump(pipeline, sort_keys=False))
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the pipeline wrote, or an empty dict when the stage did not write it."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_candidate(args: argparse.Namespace, candidate: str) -> dict[str, Any]:
+    """Train, evaluate and sample one candidate through the pipeline; collect its figures."""
+    runs_dir = args.runs_dir / f"{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}" / candidate
+    command = pipeline_command(args, candidate, runs_dir)
+    print(f"[{candidate}] {' '.join(command[2:])}", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"[{candidate}] the pipeline failed (exit {done.returncode}); logs in {runs_dir}/logs")
+    evaluation = read_json(runs_dir / "vqvae" / "evaluation" / "summary.json")
+    sampling = read_json(runs_dir / "samples" / "summary.json")
+    return {"candidate": candidate, "overrides": CANDIDATES[candidate], "runs_dir": str(runs_dir),
+            "pipeline_seconds": seconds, "evaluation": evaluation, "sampling": sampling}
+
+
+def _figure(values: dict[str, Any], key: str, digits: int = 3) -> str:
+    value = values.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison table: reconstruction, likelihood, plausibility beside its floor, sampling time."""
+    rows = result["candidates"]
+    lines = [
+        f"# Generation defaults at equal wall time ({result['dataset']})",
+        "",
+        f"Each candidate: VQ-VAE {result['vqvae_minutes']:g} min, prior {result['prior_minutes']:g} min, through "
+        f"`pipelines/demo.yaml` (the bundle configs); {result['num_samples']} samples. "
+        f"{machine_summary(result['machine'])}",
+        "",
+        "Command: `" + result["command"] + "`",
+        "",
+        "| candidate | test SSIM | PSNR | bits/code | bits/slice | C2ST acc (floor) | one region (floor) | "
+        "mirror IoU (floor) | solidity (floor) | NN dist (floor) | sampling s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        sa = row["sampling"].get("metrics", {})
+        ev = {key: value["mean"] for key, value in row["evaluation"].items() if isinstance(value, dict)}
+        lines.append(
+            f"| {row['candidate']} | {_figure(ev, 'ssim', 4)} | {_figure(ev, 'psnr', 2)} "
+            f"| {_figure(sa, 'nll_bits_per_code')} | {_figure(sa, 'nll_bits_per_slice', 0)} "
+            f"| {_figure(sa, 'c2st_accuracy')} ({_figure(sa, 'c2st_accuracy_floor')}) "
+            f"| {_figure(sa, 'one_region_share', 2)} ({_figure(sa, 'one_region_share_floor', 2)}) "
+            f"| {_figure(sa, 'mirror_iou', 2)} ({_figure(sa, 'mirror_iou_floor', 2)}) "
+            f"| {_figure(sa, 'solidity', 2)} ({_figure(sa, 'solidity_floor', 2)}) "
+            f"| {_figure(sa, 'nn_distance_median', 3)} ({_figure(sa, 'nn_distance_median_floor', 3)}) "
+            f"| {_figure(sa, 'sampling_seconds', 1)} |")
+    lines += ["", "Overrides: " + "; ".join(f"`{r['candidate']}`: {' '.join(r['overrides']) or '(defaults)'}"
+                                           for r in rows), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [name.strip() for name in args.candidates.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CANDIDATES]
+    if unknown:
+        print(f"generation_defaults: unknown candidates {unknown}; known: {sorted(CANDIDATES)}", file=sys.stderr)
+        return 2
+    if args.dataset == "ixi" and not IXI_DIR.is_dir():
+        print(f"generation_defaults: {IXI_DIR} not found (the IXI volumes live beside the checkout)", file=sys.stderr)
+        return 2
+    name = args.name or f"generation_{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}min"
+    result = {"dataset": args.dataset, "vqvae_minutes": args.vqvae_minutes, "prior_minutes": args.prior_minutes,
+              "num_samples": args.num_samples, "machine": machine_info(),
+              "command": "python benchmarks/generation_defaults.py " + " ".join(argv if argv is not None
+                                                                              else sys.argv[1:]),
+              "candidates": [run_candidate(args, candidate) for candidate in names]}
+    text = markdown(result)
+    write_text(args.out_dir / f"{name}.md", text)
+    write_text(args.out_dir / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
