@@ -20,6 +20,7 @@ A pipeline file (``pipelines/demo.yaml`` is the embedded default)::
         outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
     summary: |                   # printed after a successful run
       pictures in ${runs_dir}/vqvae/pictures
+    show: ["${runs_dir}/samples/plausibility.md"]   # text files printed after the summary, where they exist
 
 Every override key must be a setting of the stage's config, every ``${name}`` a variable: a typo is one error
 line that names the file and the key. ``tracking_uri`` and ``experiment_name`` are passed to every bundle stage
@@ -49,7 +50,7 @@ MISSING = "???"
 DEFAULTS = {"tracking_uri": DEFAULT_STORE, "experiment_name": "oasis-gen"}
 # variables the runner itself uses; the others only mean something where the file refers to them
 RUNNER_VARIABLES = ("runs_dir", "tracking_uri", "experiment_name")
-PIPELINE_KEYS = ("name", "description", "variables", "stages", "summary")
+PIPELINE_KEYS = ("name", "description", "variables", "stages", "summary", "show")
 STAGE_KEYS = ("description", "config", "run", "overrides", "needs", "outputs", "demo_cohort")
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
@@ -98,6 +99,7 @@ class Pipeline:
     stages: dict[str, Stage]
     description: str = ""
     summary: str = ""
+    show: list[Path] = field(default_factory=list)
 
     @property
     def runs_dir(self) -> Path:
@@ -169,8 +171,12 @@ def load_pipeline(path: str | Path, assignments: Sequence[str] = ()) -> Pipeline
     for name, body in raw_stages.items():
         stages[str(name)] = _stage(path, str(name), body, variables, stages, stage_sets.get(str(name), {}))
     summary = _substitute(path, "summary", content.get("summary") or "", variables)
+    show = content.get("show") or []
+    if not isinstance(show, list):
+        raise PipelineError(path, "show", "a list of text files to print after the summary")
     return Pipeline(path=path, name=str(content.get("name") or path.stem), variables=variables, stages=stages,
-                    description=str(content.get("description") or ""), summary=str(summary))
+                    description=str(content.get("description") or ""), summary=str(summary),
+                    show=[Path(str(_substitute(path, "show", str(item), variables))) for item in show])
 
 
 def _check_keys(path: Path, mapping: Mapping, allowed: Sequence[str], prefix: str) -> None:

@@ -379,6 +379,9 @@ def _print_report(pipeline: Pipeline, results: list[StageResult], seconds: float
         print(f"  {result.name:<12} {result.status:<13} {took}")
     if pipeline.summary.strip():
         print("\n" + pipeline.summary.rstrip())
+    for path in pipeline.show:
+        if path.is_file():
+            print(f"\n{path}:\n{path.read_text().rstrip()}")
 
 
 def _duration(seconds: float) -> str:

@@ -284,14 +284,18 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
 
 def test_the_shipped_pipelines_load_and_validate():
     demo = load_pipeline(ROOT / "pipelines/demo.yaml")
-    assert list(demo.stages) == ["data", "vqvae", "evaluation", "codes", "prior", "sampling", "inference"]
+    assert list(demo.stages) == ["data", "vqvae", "evaluation", "codes", "prior_top", "prior", "sampling",
+                                 "inference"]
+    assert demo.stages["prior_top"].overrides["level"] == "top" and demo.stages["prior"].overrides["level"] == "bottom"
+    assert demo.show == [Path("runs/demo/samples/plausibility.md")]
     assert demo.runs_dir == Path("runs/demo") and demo.stages["data"].kind == "demo_cohort"
     assert demo.stages["vqvae"].overrides["max_epochs"] == 6 and demo.stages["vqvae"].overrides["dataset_dir"] == \
         "data/demo"
     assert demo.stages["codes"].run_id == "encoding" and demo.stages["prior"].run_id == "training"
     assert demo.stages["prior"].overrides["vqvae_ckpt"] == "runs/demo/vqvae/checkpoints/model.pt"
     assert demo.stages["vqvae"].overrides["tracking_uri"] == "mlruns"  # given to every stage that has it
-    assert demo.dependents(["vqvae"]) == ["vqvae", "evaluation", "codes", "prior", "sampling", "inference"]
+    assert demo.dependents(["vqvae"]) == ["vqvae", "evaluation", "codes", "prior_top", "prior", "sampling",
+                                          "inference"]
     assert "oasis-gen ui --store mlruns" in demo.summary
     with pytest.raises(PipelineError, match=r"oasis.yaml: variables.data_dir: has no value: give it with --set"):
         load_pipeline(ROOT / "pipelines/oasis.yaml")
@@ -403,3 +407,26 @@ def test_resolved_pipeline_is_plain_yaml(tmp_path):
     resolved = yaml.safe_load(yaml.safe_dump(pipeline.resolved()))
     assert resolved["stages"]["vqvae"]["overrides"]["output_dir"] == "runs/vqvae"
     assert resolved["stages"]["prior"]["needs"] == ["codes"]
+
+
+def test_show_prints_the_listed_files_that_exist_after_the_summary(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from oasis_gen.pipeline_runner import _print_report
+
+    (tmp_path / "table.md").write_text("| figure | samples | floor |\n")
+    path = write(tmp_path, f"""
+        variables: {{runs_dir: {tmp_path}}}
+        stages:
+          data: {{demo_cohort: {{out_dir: {tmp_path / 'data'}}}}}
+        summary: look there
+        show: ["${{runs_dir}}/table.md", "${{runs_dir}}/missing.md"]
+        """)
+    pipeline = load_pipeline(path)
+    assert pipeline.show == [tmp_path / "table.md", tmp_path / "missing.md"]
+    _print_report(pipeline, [], 1.0, SimpleNamespace(run_name="p"))
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"look there\n\n{tmp_path / 'table.md'}:\n| figure | samples | floor |")
+    (tmp_path / "bad.yaml").write_text(path.read_text().replace('show: [', 'show: {a: ').replace('"]', '"}'))
+    with pytest.raises(PipelineError, match="show: a list of text files"):
+        load_pipeline(tmp_path / "bad.yaml")
