@@ -26,7 +26,6 @@ TwoLevelPrior`), one map at the bottom grid that sums to the slice's total bits.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -36,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_machine import machine_info, machine_summary
+from bench_results import write_result
 
 from oasis_gen.data import check_dataset
 from oasis_gen.errors import OasisGenError
-from oasis_gen.files import write_text
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.generation.reference import split_slices
@@ -337,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = markdown(result)
     stem = f"atypicality_{args.name}"
-    write_text(args.out_dir / f"{stem}.md", text)
-    write_text(args.out_dir / f"{stem}.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_result(args.out_dir, stem, text, result)
     print(text)
     print(f"written: {args.out_dir / (stem + '.md')} and .json")
     return 0

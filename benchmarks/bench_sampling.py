@@ -17,7 +17,6 @@ Writes ``<out-dir>/sampling.md`` (a Markdown table) and ``<out-dir>/sampling.jso
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import torch
 from bench_machine import machine_info, machine_summary
+from bench_results import write_result
 
-from oasis_gen.files import write_text
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.networks.pixelcnn_sampling import sample_codes, sample_codes_naive
 
@@ -225,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     report = markdown(result)
-    write_text(args.out_dir / "sampling.md", report)
-    write_text(args.out_dir / "sampling.json", json.dumps(result, indent=2) + "\n")
+    write_result(args.out_dir, "sampling", report, result)
     print()
     print(report)
     print(f"written: {args.out_dir / 'sampling.md'}, {args.out_dir / 'sampling.json'}")

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 from bench_machine import machine_info, machine_summary
+from bench_results import write_result
 
 from oasis_gen.files import write_text
 
@@ -39,9 +40,10 @@ IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never 
 # candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
 CANDIDATES: dict[str, list[str]] = {
     "two_level": [],  # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256)
-    "two_level_top16": ["vqvae.top_downsamplings=1", "prior_top.num_layers=12"],  # a 16x16 top grid
+    "two_level_bottom64x8": ["prior.channels=64", "prior.num_layers=8"],  # a larger bottom prior, fewer steps
     # the former default: one 32x32 grid of K=256 codes, one prior given all the prior minutes
-    "single_level": ["vqvae.top_downsamplings=0", "vqvae.top_num_embeddings=null", "prior.top_prior_ckpt=null"],
+    "single_level": ["vqvae.top_downsamplings=0", "vqvae.top_num_embeddings=null", "prior.top_prior_ckpt=null",
+                     "prior.channels=64", "prior.num_layers=12"],
 }
 SINGLE_LEVEL = {"single_level"}  # candidates without a top prior stage
 # IXI volumes are stored P-S-R: axis 1 is axial; min_brain_fraction 0.25 drops the neck and the skull cap
@@ -181,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               else sys.argv[1:]),
               "candidates": [run_candidate(args, candidate) for candidate in names]}
     text = markdown(result)
-    write_text(args.out_dir / f"{name}.md", text)
-    write_text(args.out_dir / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_result(args.out_dir, name, text, result)
     print(text)
     return 0
 

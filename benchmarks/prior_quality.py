@@ -24,7 +24,6 @@ Writes ``<out-dir>/prior_quality.md`` and ``<out-dir>/prior_quality.json`` (atom
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,11 +31,11 @@ from pathlib import Path
 
 import torch
 from bench_machine import machine_info, machine_summary
+from bench_results import write_result
 from monai.data import DataLoader, Dataset
 
 from oasis_gen.data import check_dataset, decode_intensity, eval_transforms
 from oasis_gen.errors import OasisGenError
-from oasis_gen.files import write_text
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.metrics import CodeAccuracy, CodeNLL, encoder_features, fid, mmd, ms_ssim_diversity, ms_ssim_settings
@@ -255,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prior_quality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
-    write_text(args.out_dir / f"{args.name}.md", text)
-    write_text(args.out_dir / f"{args.name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_result(args.out_dir, args.name, text, result)
     print(text)
     print(f"written: {args.out_dir / (args.name + '.md')} and .json")
     return 0

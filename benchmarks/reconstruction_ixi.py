@@ -37,10 +37,10 @@ import torch
 import yaml
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
 from bench_machine import machine_info, machine_summary
+from bench_results import write_result
 
 from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
-from oasis_gen.files import write_text
 from oasis_gen.pictures import reconstruction_grid, save_png, tile, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,8 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             row[key] = round(row[key], 4) if math.isfinite(row[key]) else row[key]
         row["epochs"] = round(row["epochs"], 2)
     text = markdown(result)
-    written = [write_text(out_dir / f"{tag}.md", text),
-               write_text(out_dir / f"{tag}.json", json.dumps(result, indent=2) + "\n")]
+    written = list(write_result(out_dir, tag, text, result))
     print(text)
     print("written:", ", ".join(str(path) for path in written))
     if temporary:

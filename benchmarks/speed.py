@@ -21,7 +21,6 @@ Measures, with the bundle's defaults read from ``bundle/configs/*.yaml``:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -35,11 +34,11 @@ from bench_configs import ROOT, bundle_default, config_prior, config_vqvae
 from bench_inference import inference_speed
 from bench_machine import machine_info, machine_summary
 from bench_pipeline import pipeline_overhead, pipeline_variants
+from bench_results import write_result
 from bench_sampling import time_samplers
 from bench_training import matmul_rates, vqvae_throughput
 from cache_memory import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
 
-from oasis_gen.files import write_text
 from oasis_gen.threads import sampling_threads
 
 DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
@@ -357,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(QUICK if args.quick else FULL, args.quick)
     check_finite(result)
     report = markdown(result)
-    write_text(args.out / "speed.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_text(args.out / "speed.md", report)
+    write_result(args.out, "speed", report, result)
     print()
     print(report)
     print(f"written: {args.out / 'speed.md'}, {args.out / 'speed.json'}")

@@ -204,15 +204,8 @@ def load_pair(
     """
     prior_path = Path(str(prior_ckpt))
     network, prior_spec = prior if prior is not None else load_pixelcnn(prior_path, device)
-    given = optional(vqvae_ckpt)
-    recorded = prior_spec.get("vqvae_checkpoint")
-    if given is None and recorded is None:
-        raise ConfigError("vqvae_ckpt", f"the prior {prior_path} does not record which VQ-VAE it models: "
-                                        "pass --vqvae_ckpt path/to/vqvae/model.pt")
-    vqvae_path = Path(str(given if given is not None else recorded))
-    if not vqvae_path.is_file() and str(vqvae_path) == str(recorded):
-        raise CheckpointError(vqvae_path, f"VQ-VAE checkpoint recorded in the prior {prior_path} not found "
-                                          "(moved or deleted? pass --vqvae_ckpt path/to/vqvae/model.pt)")
+    vqvae_path = _given_or_recorded(vqvae_ckpt, prior_spec, prior_path, "vqvae_ckpt", "VQ-VAE",
+                                    "path/to/vqvae/model.pt")
     vqvae_network, vqvae_spec = vqvae if vqvae is not None else load_vqvae(vqvae_path, device)
     matches = check_pair(prior_spec, vqvae_spec, prior_path, vqvae_path, purpose)
     top_spec = top_path = None
@@ -233,16 +226,28 @@ def _load_top_prior(bottom_spec: ModelSpec, bottom_path: Path, top_prior_ckpt: s
     if bottom_spec.get("level", "bottom") != "bottom":
         raise ConfigError("prior_ckpt", f"{bottom_path} is the top prior of a two-level VQ-VAE: pass the bottom "
                                         "prior as prior_ckpt and the top one as top_prior_ckpt")
-    given = optional(top_prior_ckpt)
-    recorded = bottom_spec.get("top_prior_checkpoint")
-    if given is None and recorded is None:
-        raise ConfigError("top_prior_ckpt", f"the VQ-VAE is two-level and the prior {bottom_path} does not record "
-                                            "its top prior: pass --top_prior_ckpt path/to/prior_top/model.pt")
-    path = Path(str(given if given is not None else recorded))
-    if not path.is_file():
-        raise CheckpointError(path, "top prior checkpoint not found" + (
-            f" (recorded in {bottom_path}; moved or deleted? pass --top_prior_ckpt)" if given is None else ""))
+    path = _given_or_recorded(top_prior_ckpt, bottom_spec, bottom_path, "top_prior_ckpt", "top prior",
+                              "path/to/prior_top/model.pt")
     return path, load_pixelcnn(path, device)
+
+
+def _given_or_recorded(given: str | Path | None, spec: ModelSpec, prior_path: Path, key: str, what: str,
+                       example: str) -> Path:
+    """The checkpoint passed as ``key``, else the one the prior's spec records (``<key without _ckpt>_checkpoint``).
+
+    Raises:
+        ConfigError: neither given nor recorded.
+        CheckpointError: the recorded file is gone (a given one that is missing fails when it is loaded).
+    """
+    given = optional(given)
+    recorded = spec.get(key.replace("_ckpt", "_checkpoint"))
+    if given is None and recorded is None:
+        raise ConfigError(key, f"the prior {prior_path} does not record its {what}: pass --{key} {example}")
+    path = Path(str(given if given is not None else recorded))
+    if given is None and not path.is_file():
+        raise CheckpointError(path, f"{what} checkpoint recorded in the prior {prior_path} not found (moved or "
+                                    f"deleted? pass --{key} {example})")
+    return path
 
 
 def check_resume(resume_path: str | Path | None, vqvae_checkpoint: str | Path,
