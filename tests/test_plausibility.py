@@ -17,6 +17,7 @@ from oasis_gen.generation.plausibility import (
     classifier_two_sample_test,
     foreground_mask,
     format_report,
+    intensity_distance,
     memorisation,
     nearest_train,
     plausibility_report,
@@ -29,7 +30,7 @@ SUBJECT = re.compile(r"^case_(\d{3})_slice_\d+\.nii\.png$")
 
 # every key plausibility_report documents, with a training set given
 REPORT_KEYS = (
-    "c2st_accuracy", "c2st_accuracy_floor",
+    "c2st_accuracy", "c2st_accuracy_floor", "intensity_distance", "intensity_distance_floor",
     *(f"{name}{suffix}" for name in ("one_region_share", "area", "mirror_iou", "solidity")
       for suffix in ("", "_floor", "_reference")),
     *(f"{name}_distance{suffix}" for name in ("one_region", "area", "mirror_iou", "solidity")
@@ -76,6 +77,20 @@ def _blobs(count: int, seed: int) -> torch.Tensor:
     return torch.tensor(np.stack(out), dtype=torch.float32)[:, None]
 
 
+def _specks(count: int, seed: int) -> torch.Tensor:
+    """Nearly black images: two to six faint Gaussian specks each (sigma 0.8-2 px, peak 0.05-0.3), as a sampler
+    that has collapsed to the background might draw."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    out = np.zeros((count, SIZE, SIZE))
+    for image in out:
+        for _ in range(rng.integers(2, 7)):
+            cy, cx = rng.uniform(10, SIZE - 10, 2)
+            sigma = rng.uniform(0.8, 2.0)
+            image += rng.uniform(0.05, 0.3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    return torch.tensor(np.clip(out, 0, 1), dtype=torch.float32)[:, None]
+
+
 def _disc(cy: float, cx: float, radius: float) -> np.ndarray:
     yy, xx = np.mgrid[:SIZE, :SIZE]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
@@ -107,6 +122,42 @@ def test_c2st_tells_real_slices_from_fakes(cohort, fake):
         # as large and as bright as the brains: the network must see more than the area
         assert abs(float(shape_statistics(other)["area"].mean() - shape_statistics(real)["area"].mean())) < 0.1
     assert classifier_two_sample_test(real, other, seed=0) > 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c2st_stays_near_chance_for_real_halves_over_seeds(cohort, seed):
+    images, subjects = _all_slices(cohort)
+    # two random halves of the pseudo-subjects (8 each): the same distribution, other subjects
+    halves = np.random.default_rng(seed).permutation(np.unique(subjects))[:8]
+    first = np.isin(subjects, halves)
+    accuracy = classifier_two_sample_test(images[first], images[~first], seed=seed, groups_a=subjects[first],
+                                          groups_b=subjects[~first])
+    assert 0.3 < accuracy < 0.7
+
+
+@pytest.mark.parametrize("fake", ["dim", "specks", "faint_noise"])
+def test_c2st_tells_real_slices_from_trivially_wrong_ones(cohort, fake):
+    # differences a sceptic sees at a glance must score near 1, not just above chance: the earlier network
+    # scored a dim copy 0.91 and nearly black speckled samples 0.62 on the demo cohort
+    real, subjects = cohort["train"]
+    noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(2))
+    other = {"dim": real * 0.05, "specks": _specks(len(real), 4),
+             "faint_noise": (real + 0.03 * noise).clamp(0, 1)}[fake]
+    if fake == "specks":  # nearly black: no brain mask at all
+        assert shape_statistics(other)["area"].max() < 0.01 and float(other.mean()) < 0.01
+    assert classifier_two_sample_test(real, other, seed=0, groups_a=subjects) >= 0.9
+
+
+def test_intensity_distance_sees_dim_and_black_sets(cohort):
+    real, other = cohort["train"][0], cohort["test"][0]
+    assert intensity_distance(real, real) == pytest.approx(0.0, abs=1e-9)
+    floor = intensity_distance(real, other)
+    assert floor < 0.05
+    brain = float(real[real > 0.5 / 255].mean())
+    # all black: every non-black intensity of the reference is moved to 0, its mean away
+    assert intensity_distance(real, torch.zeros_like(real)) == pytest.approx(brain, abs=1 / 256)
+    assert intensity_distance(real, real * 0.5) == pytest.approx(0.5 * brain, abs=0.02)
+    assert intensity_distance(real, _specks(32, 5)) > 10 * floor
 
 
 def test_c2st_is_deterministic_and_leaves_the_global_rng_alone(cohort):
@@ -222,10 +273,12 @@ def test_plausibility_report_has_every_figure_and_its_floor(cohort):
     assert report["nn_copy_share_floor"] < 0.3 and report["nn_distance_median_floor"] > 0.01
     for suffix in ("", "_floor"):
         assert 0.0 <= report[f"c2st_accuracy{suffix}"] <= 1.0 and report[f"area_distance{suffix}"] < 0.1
+        assert report[f"intensity_distance{suffix}"] < 0.05
 
     table = format_report(report)
     assert table.startswith("| figure | samples | real-vs-real floor |")
-    assert table.count("\n| ") == 12  # one row per figure: C2ST, 4 means, 4 distances, 2 memorisation, header rule
+    # one row per figure: C2ST, intensities, 4 means, 4 distances, 2 memorisation, header rule
+    assert table.count("\n| ") == 13
     assert "C2ST accuracy" in table and f"{report['c2st_accuracy_floor']:.3f}" in table
 
 
