@@ -51,10 +51,16 @@ def save_checkpoint(path: Path, network: torch.nn.Module, spec: Any) -> Path:
 
 def untrained_checkpoints(work: Path, **vqvae_overrides: Any) -> tuple[Path, Path]:
     """Checkpoints of train.yaml's VQ-VAE (overrides as on its command line) and of train_prior.yaml's prior for
-    its codes, both with untrained weights: ``(vqvae, prior)``."""
+    its codes, both with untrained weights: ``(vqvae, prior)``. For a two-level VQ-VAE the prior is the bottom one,
+    recording a top prior saved beside it."""
     vqvae_path = save_checkpoint(work / "vqvae" / "model.pt", *config_vqvae(**vqvae_overrides))
     vqvae_spec = torch.load(vqvae_path, weights_only=True)["spec"]
-    prior = config_prior(vqvae_spec, vqvae_path, checkpoint_sha256(vqvae_path))
+    sha256 = checkpoint_sha256(vqvae_path)
+    top: dict[str, str] = {}
+    if vqvae_spec.get("top_downsamplings"):
+        top_prior = config_prior(vqvae_spec, vqvae_path, sha256, level="top")
+        top["top_prior_ckpt"] = str(save_checkpoint(work / "prior_top" / "checkpoints" / "model.pt", *top_prior))
+    prior = config_prior(vqvae_spec, vqvae_path, sha256, **top)
     return vqvae_path, save_checkpoint(work / "prior" / "checkpoints" / "model.pt", *prior)
 
 

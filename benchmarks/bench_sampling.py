@@ -83,10 +83,11 @@ def timed(fn) -> tuple[float, object]:
 
 
 def time_samplers(model: GatedPixelCNN, samples: int, grid: tuple[int, int], naive_positions: int | None = None,
-                  repeats: int = 3, seed: int = 0, log: bool = True) -> dict[str, object]:
+                  repeats: int = 3, seed: int = 0, log: bool = True, cond: torch.Tensor | None = None
+                  ) -> dict[str, object]:
     """Time both samplers of a prior on ``samples`` grids, on the prior's device: the incremental one over the full
     grid (median of ``repeats``), the naive one over its first ``naive_positions`` (default: one row), extrapolated
-    linearly (each of its steps costs the same)."""
+    linearly (each of its steps costs the same). ``cond``: the top code grids of a bottom prior (two levels)."""
     device = next(model.parameters()).device
     height, width = grid
     positions = height * width
@@ -102,14 +103,18 @@ def time_samplers(model: GatedPixelCNN, samples: int, grid: tuple[int, int], nai
         return timed(run_and_wait)
 
     # warm-up: one-off allocations and kernel selection out of the timings
-    sample_codes(model, samples, (1, min(width, 4)))
+    if cond is None:
+        sample_codes(model, samples, (1, min(width, 4)))
+    else:
+        factor = model.cond_factor
+        sample_codes(model, samples, (factor, factor), cond=cond[:, :1, :1])
     with torch.no_grad():
-        model(torch.zeros(samples, height, width, dtype=torch.long, device=device))
+        model(torch.zeros(samples, height, width, dtype=torch.long, device=device), cond=cond)
 
     incremental_times = []
     for repeat in range(repeats):
         generator = torch.Generator(device=device).manual_seed(seed)
-        seconds, _ = timed_on_device(lambda g=generator: sample_codes(model, samples, grid, generator=g))
+        seconds, _ = timed_on_device(lambda g=generator: sample_codes(model, samples, grid, generator=g, cond=cond))
         incremental_times.append(seconds)
         if log:
             print(f"incremental, full grid, run {repeat + 1}/{repeats}: {seconds:.2f} s", flush=True)
@@ -120,7 +125,7 @@ def time_samplers(model: GatedPixelCNN, samples: int, grid: tuple[int, int], nai
     region = first_positions(grid, naive_positions).to(device)
     naive_seconds, naive_codes = timed_on_device(
         lambda: sample_codes_naive(model, samples, grid, generator=torch.Generator(device=device).manual_seed(seed),
-                                   initial=zeros, region=region)
+                                   initial=zeros, region=region, cond=cond)
     )
     if log:
         print(f"naive, {naive_positions} positions: {naive_seconds:.2f} s", flush=True)
@@ -128,7 +133,7 @@ def time_samplers(model: GatedPixelCNN, samples: int, grid: tuple[int, int], nai
     naive_full = naive_per_position * positions
 
     fast_codes = sample_codes(model, samples, grid, generator=torch.Generator(device=device).manual_seed(seed),
-                              initial=zeros, region=region)
+                              initial=zeros, region=region, cond=cond)
     return {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),

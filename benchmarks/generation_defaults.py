@@ -85,9 +85,12 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
         settings += [f"data_dir={args.runs_dir / 'data_quick' if args.quick else ROOT / 'data' / 'demo'}"]
     if args.quick:
         scan = args.runs_dir / "data_quick" / "keras_png_slices_test" / "case_005_slice_1.nii.png"  # a test slice
-        settings += QUICK + ["vqvae_epochs=1", "prior_epochs=1", "top_prior_epochs=1", f"completion_scan={scan}"]
+        quick = [item for item in QUICK if not (single and item.startswith("prior_top."))]
+        settings += quick + ["vqvae_epochs=1", "prior_epochs=1", "top_prior_epochs=1", f"completion_scan={scan}"]
     settings += CANDIDATES[candidate]
     stages = ("data",) * (args.dataset == "demo") + tuple(s for s in DATA_STAGES if not (single and s == "prior_top"))
+    if args.quick and not single:
+        stages += ("inference",)  # the quick mode runs the whole demo pipeline, so that the suite does
     pipeline = single_level_pipeline(runs_dir) if single else ROOT / "pipelines" / "demo.yaml"
     command = [sys.executable, "-m", "oasis_gen.cli", "pipeline", "run", str(pipeline), "--only", *stages]
     for item in settings:

@@ -130,8 +130,14 @@ def measure_sampling(plan: Plan, device: torch.device) -> dict[str, Any]:
     prior = prior.to(device).eval()
     samples = plan.sampling_samples or int(bundle_default("sample.yaml", "num_samples"))
     grid = (int(prior_spec["grid_size"]),) * 2
+    cond = None  # two levels: the bottom prior (the one that costs) is timed under random top grids
+    if prior_spec.get("cond_num_embeddings"):
+        side = grid[0] // int(prior_spec["cond_factor"])
+        cond = torch.randint(0, int(prior_spec["cond_num_embeddings"]), (samples, side, side), device=device,
+                             generator=torch.Generator(device=device).manual_seed(0))
     with sampling_threads(device):
-        timings = time_samplers(prior, samples, grid, plan.naive_positions, plan.sampling_repeats, log=False)
+        timings = time_samplers(prior, samples, grid, plan.naive_positions, plan.sampling_repeats, log=False,
+                                cond=cond)
     architecture = {k: prior_spec[k] for k in ("num_embeddings", "grid_size", "channels", "num_layers", "kernel_size")}
     result = {"samples": samples, "grid": list(grid), "prior": architecture,
               "parameters": sum(p.numel() for p in prior.parameters()), **timings}

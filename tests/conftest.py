@@ -87,10 +87,11 @@ def overrides(**values: object) -> list[str]:
 
 
 def tiny_vqvae_overrides(data: Path, out: Path, store: Path, **extra: object) -> list[str]:
-    """Overrides that make train.yaml train a tiny VQ-VAE (32px, 8x8 grid, K=16) in seconds."""
+    """Overrides that make train.yaml train a tiny single-level VQ-VAE (32px, 8x8 grid, K=16) in seconds (pass
+    ``top_downsamplings`` and ``top_num_embeddings`` for two levels)."""
     values = {"dataset_dir": data, "output_dir": out, "tracking_uri": store, "image_size": 32, "batch_size": 4,
-              "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "progress": "False",
-              "log_every": 1, **extra}
+              "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "top_downsamplings": 0,
+              "top_num_embeddings": "null", "progress": "False", "log_every": 1, **extra}
     return overrides(**values)
 
 

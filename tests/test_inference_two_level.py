@@ -180,7 +180,7 @@ def test_a_two_level_vqvae_without_a_top_prior_stops_with_one_line(checkpoints, 
     result = infer(scans, tmp_path / "out", tmp_path / "mlruns", vqvae_ckpt=checkpoints["vqvae"],
                    prior_ckpt=checkpoints["unrecorded"])
     assert result.returncode == 1
-    assert "config 'top_prior_ckpt': the VQ-VAE is two-level" in result.stderr
+    assert "does not record its top prior: pass --top_prior_ckpt" in result.stderr
     assert "--top_prior_ckpt" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -202,7 +202,7 @@ def test_a_two_level_vqvae_exports_to_torchscript(checkpoints, tmp_path):
 
 
 def test_top_prior_errors_are_config_errors(checkpoints, tmp_path):
-    with pytest.raises(ConfigError, match="config 'top_prior_ckpt': the VQ-VAE is two-level and the prior"):
+    with pytest.raises(ConfigError, match="config 'top_prior_ckpt': the prior .* does not record its top prior"):
         load_inference_models(checkpoints["vqvae"], checkpoints["unrecorded"])
     with pytest.raises(ConfigError, match="config 'top_prior_ckpt': a top prior scores only together"):
         load_inference_models(checkpoints["vqvae"], None, top_prior_ckpt=checkpoints["top"])

@@ -47,7 +47,8 @@ stages:
     config: train.yaml
     run: training
     overrides: {dataset_dir: "${data_dir}", output_dir: "${runs_dir}/vqvae", image_size: 32, batch_size: 4,
-                channels: [8, 16], num_embeddings: 16, embedding_dim: 8, max_epochs: 1, progress: false}
+                channels: [8, 16], num_embeddings: 16, embedding_dim: 8, top_downsamplings: 0,
+                max_epochs: 1, progress: false}
     outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
   codes:
     config: train_prior.yaml

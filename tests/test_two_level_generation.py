@@ -98,7 +98,8 @@ def test_the_pair_rule_checks_each_prior_against_its_own_level(tmp_path):
     bottom = prior_spec(SPEC, "vq.pt", "", level="bottom", channels=8, num_layers=2)
     assert check_pair(top, SPEC, "top.pt", "vq.pt") is None
     assert check_pair(bottom, SPEC, "b.pt", "vq.pt") is None
-    with pytest.raises(CheckpointError, match="K=8 bottom codes on a 2x2 grid, but the VQ-VAE vq.pt has K=16 bottom"):
+    with pytest.raises(CheckpointError, match="K=8 bottom codes on a 2x2 grid, but the VQ-VAE vq.pt has K=16 "
+                                              "bottom codes on 8x8"):
         check_pair({**top.values, "level": "bottom"}, SPEC, "top.pt", "vq.pt")
 
 
@@ -144,7 +145,7 @@ def test_both_priors_train_through_the_bundle_and_the_bottom_one_records_the_top
 
 @pytest.mark.slow
 def test_a_two_level_pair_without_a_top_prior_is_refused_clearly(trained, tmp_path):
-    checkpoint = torch.load(trained["bottom"], weights_only=False)
+    checkpoint = torch.load(trained["bottom"], weights_only=True)
     del checkpoint["spec"]["top_prior_checkpoint"]
     lone = tmp_path / "bottom.pt"
     torch.save(checkpoint, lone)

@@ -147,8 +147,10 @@ def check_pair(
     else:
         (vk, vg), other_level = level_sizes(vqvae, level), level
     if (pk, pg, level) != (vk, vg, other_level):
-        raise CheckpointError(prior_path, f"this prior models K={pk} {level} codes on a {pg}x{pg} grid, but the "
-                                          f"VQ-VAE {vqvae_path} has K={vk} {other_level} codes on {vg}x{vg}: "
+        named = "level" in prior or "level" in vqvae or is_two_level(vqvae)  # levels are worth naming
+        ours, theirs = (f" {level}", f" {other_level} codes") if named else ("", "")
+        raise CheckpointError(prior_path, f"this prior models K={pk}{ours} codes on a {pg}x{pg} grid, but the "
+                                          f"VQ-VAE {vqvae_path} has K={vk}{theirs} on {vg}x{vg}: "
                                           f"{_ADVICE[purpose]}")
     recorded = prior.get("vqvae_sha256")
     if not recorded:

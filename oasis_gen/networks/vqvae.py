@@ -88,10 +88,7 @@ def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_e
         raise ConfigError("top_downsamplings", f"expected a whole number, not {top_downsamplings!r}") from None
     if levels < 0:
         raise ConfigError("top_downsamplings", f"must be 0 (one level) or more, not {top_downsamplings}")
-    if levels == 0:
-        if top_num_embeddings is not None:
-            raise ConfigError("top_num_embeddings", "a single-level VQ-VAE has no top codebook: set "
-                                                    "top_downsamplings >= 1 or leave top_num_embeddings null")
+    if levels == 0:  # one level: top_num_embeddings (64 by default in train.yaml) has nothing to size
         return {}
     factor = 2 ** levels
     if grid % factor or grid < factor:
