@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -117,6 +118,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def run_candidate(args: argparse.Namespace, candidate: str) -> dict[str, Any]:
     """Train, evaluate and sample one candidate through the pipeline; collect its figures."""
     runs_dir = args.runs_dir / f"{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}" / candidate
+    shutil.rmtree(runs_dir, ignore_errors=True)  # the pipeline would skip stages an earlier run finished
     command = pipeline_command(args, candidate, runs_dir)
     print(f"[{candidate}] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
