@@ -290,7 +290,7 @@ def test_the_shipped_pipelines_load_and_validate():
     assert demo.stages["prior_top"].overrides["level"] == "top" and demo.stages["prior"].overrides["level"] == "bottom"
     assert demo.show == [Path("runs/demo/samples/plausibility.md")]
     assert demo.runs_dir == Path("runs/demo") and demo.stages["data"].kind == "demo_cohort"
-    assert demo.stages["vqvae"].overrides["max_epochs"] == 6 and demo.stages["vqvae"].overrides["dataset_dir"] == \
+    assert demo.stages["vqvae"].overrides["max_epochs"] == 100 and demo.stages["vqvae"].overrides["dataset_dir"] == \
         "data/demo"
     assert demo.stages["codes"].run_id == "encoding" and demo.stages["prior"].run_id == "training"
     assert demo.stages["prior"].overrides["vqvae_ckpt"] == "runs/demo/vqvae/checkpoints/model.pt"
