@@ -1,5 +1,5 @@
-"""The generation-defaults benchmark's quick mode: tiny candidates through the demo pipeline, a table with every
-figure beside its floor. Nothing timed, no quality thresholds: only that the pieces run and report."""
+"""The generation-defaults benchmark's quick mode: the whole demo pipeline on tiny data through the real CLI, a table
+with every figure beside its floor. Nothing timed, no quality thresholds: only that the pieces run and report."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from conftest import ROOT
 def test_quick_run_trains_each_candidate_through_the_pipeline_and_writes_the_table(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/generation_defaults.py", "--quick", "--runs-dir",
                            str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), "--name", "quick",
-                           "--candidates", "two_level,single_level", "--num-samples", "6",
+                           "--candidates", "two_level", "--num-samples", "6",
                            "--vqvae-minutes", "1", "--prior-minutes", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "quick.json").read_text())
     table = (tmp_path / "out" / "quick.md").read_text()
-    assert [row["candidate"] for row in result["candidates"]] == ["two_level", "single_level"]
+    assert [row["candidate"] for row in result["candidates"]] == ["two_level"]
     for row in result["candidates"]:
         metrics = row["sampling"]["metrics"]
         for key in ("c2st_accuracy", "c2st_accuracy_floor", "one_region_share", "one_region_share_floor",
@@ -30,5 +30,17 @@ def test_quick_run_trains_each_candidate_through_the_pipeline_and_writes_the_tab
             assert math.isfinite(metrics[key]), (row["candidate"], key)
         assert 0 < row["evaluation"]["ssim"]["mean"] <= 1
         assert f"| {row['candidate']} | {row['evaluation']['ssim']['mean']:.4f} |" in table
-    two, one = (row["sampling"]["metrics"] for row in result["candidates"])
-    assert two["nll_codes_per_slice"] == 8 * 8 + 2 * 2 and one["nll_codes_per_slice"] == 8 * 8  # 32 px, two levels
+    [two] = (row["sampling"]["metrics"] for row in result["candidates"])
+    assert two["nll_codes_per_slice"] == 8 * 8 + 2 * 2  # 32 px: an 8x8 bottom and a 2x2 top grid
+    assert (tmp_path / "runs" / "demo_1+1" / "two_level" / "inference" / "summary.csv").is_file()  # every stage ran
+
+
+def test_the_single_level_candidate_runs_the_demo_pipeline_without_its_top_prior(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generation_defaults import single_level_pipeline
+
+    from oasis_gen.pipeline import load_pipeline
+
+    pipeline = load_pipeline(single_level_pipeline(tmp_path), ["vqvae.top_downsamplings=0"])
+    assert "prior_top" not in pipeline.stages and pipeline.stages["prior"].needs == ["codes"]
+    assert list(pipeline.stages) == ["data", "vqvae", "evaluation", "codes", "prior", "sampling", "inference"]
