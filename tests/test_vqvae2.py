@@ -98,6 +98,39 @@ def test_gradients_reach_every_trainable_parameter():
     assert missing == []
 
 
+def test_top_only_rate_decodes_a_share_of_training_images_from_the_top_codes_alone():
+    x = images(4)
+    grads = {}
+    for rate in (0.0, 0.99):
+        torch.manual_seed(0)
+        network = vqvae_from_spec(vqvae_spec(**TWO, top_only_rate=rate)).train()
+        reconstruction, _ = network(x)
+        reconstruction.sum().backward()  # the image path only: the commitment loss also reaches the bottom encoder
+        grads[rate] = float(network.bottom_projection.conv.weight.grad.abs().sum())
+    assert grads[0.0] > 0  # the bottom codes shape every reconstruction
+    assert grads[0.99] == 0  # (seeded: no image of 4 kept its bottom codes) every image came from the top alone
+    # evaluation decodes both levels whatever the rate
+    torch.manual_seed(0)
+    plain = vqvae_from_spec(vqvae_spec(**TWO)).eval()
+    torch.manual_seed(0)
+    dropping = vqvae_from_spec(vqvae_spec(**TWO, top_only_rate=0.5)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropping(x)[0], plain(x)[0], atol=0, rtol=0)
+
+
+def _activations(module: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules() if "ReLU" in type(m).__name__}
+
+
+def test_the_top_level_uses_leaky_relu_and_specs_saved_before_it_keep_relu():
+    network = two_level()
+    assert _activations(network.top_encoder) == _activations(network.top_decoder) == {"LeakyReLU"}
+    assert _activations(network.bottom_encoder) == _activations(network.decoder) == {"ReLU"}
+    older = {k: v for k, v in vqvae_spec(**TWO).state_dict().items() if k not in ("top_negative_slope",
+                                                                                 "top_only_rate")}
+    assert _activations(vqvae_from_spec(older).top_encoder) == {"ReLU"}  # a checkpoint's behaviour never changes
+
+
 def test_both_quantizers_all_reduce_their_codebook_statistics_under_ddp():
     # as test_distributed's single-level check: MONAI's ddp_sync all-reduces the EMA statistics
     network = two_level()
@@ -134,7 +167,8 @@ def test_a_single_level_spec_and_network_are_unchanged():
 def test_a_two_level_spec_records_the_top_level():
     spec = vqvae_spec(**TWO)
     assert spec["top_downsamplings"] == 2 and spec["top_num_embeddings"] == 8 and spec["top_grid_size"] == 2
-    assert spec["grid_size"] == 8
+    assert spec["grid_size"] == 8 and spec["top_only_rate"] == 0.0 and spec["top_negative_slope"] == 0.1
+    assert vqvae_spec(**TWO, top_only_rate="0.25")["top_only_rate"] == 0.25  # a command-line string
     assert vqvae_spec(**TINY, top_downsamplings=1)["top_num_embeddings"] == 16  # None: the bottom's K
     assert vqvae_spec(**TINY, top_downsamplings=1, top_num_embeddings="null")["top_num_embeddings"] == 16
 
@@ -145,6 +179,9 @@ def test_a_two_level_spec_records_the_top_level():
     ({"top_downsamplings": "two"}, "top_downsamplings", "whole number"),
     ({"top_downsamplings": 1, "top_num_embeddings": 1}, "top_num_embeddings", "at least 2 codes"),
     ({"top_downsamplings": 1, "top_num_embeddings": "many"}, "top_num_embeddings", "expected null"),
+    ({"top_downsamplings": 1, "top_only_rate": 1.0}, "top_only_rate", "must be in \\[0, 1\\), not 1.0"),
+    ({"top_downsamplings": 1, "top_only_rate": "half"}, "top_only_rate", "expected a share"),
+    ({"top_downsamplings": 1, "top_negative_slope": -0.1}, "top_negative_slope", "must be in \\[0, 1\\)"),
     ({"image_size": 24, "num_downsamplings": 2, "top_downsamplings": 2}, "top_downsamplings",
      "6x6 is not divisible .*at most 1 top downsamplings"),
 ])

@@ -49,6 +49,8 @@ def vqvae_spec(
     output_act: str | None = None,
     top_downsamplings: int = 0,
     top_num_embeddings: int | None = None,
+    top_only_rate: float = 0.0,
+    top_negative_slope: float = 0.1,
 ) -> ModelSpec:
     """
     Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work).
@@ -56,7 +58,9 @@ def vqvae_spec(
     ``top_downsamplings`` 0 is MONAI's single-level VQ-VAE (its spec has no ``top_*`` key, as before two levels
     existed); more adds a top grid of ``grid_size / 2**top_downsamplings`` codes from a codebook of
     ``top_num_embeddings`` (None: ``num_embeddings``), recorded as ``top_downsamplings``, ``top_num_embeddings`` and
-    ``top_grid_size`` (:class:`~oasis_gen.networks.vqvae2.TwoLevelVQVAE`).
+    ``top_grid_size`` (:class:`~oasis_gen.networks.vqvae2.TwoLevelVQVAE`), with ``top_only_rate`` (the share of
+    training images decoded from the top codes alone) and ``top_negative_slope`` (LeakyReLU in the top encoder and
+    decoder; checkpoints saved before it existed mean 0, ReLU).
     """
     if int(num_downsamplings) < 1:
         raise ConfigError("num_downsamplings", f"must be at least 1, not {num_downsamplings}")
@@ -77,10 +81,12 @@ def vqvae_spec(
         embedding_dim=int(embedding_dim), commitment_cost=float(commitment_cost), decay=float(decay),
         output_act=output_act, grid_size=grid,
     )
-    return ModelSpec(**values, **_top_level(grid, top_downsamplings, top_num_embeddings, int(num_embeddings)))
+    return ModelSpec(**values, **_top_level(grid, top_downsamplings, top_num_embeddings, int(num_embeddings),
+                                            top_only_rate, top_negative_slope))
 
 
-def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_embeddings: int) -> dict[str, int]:
+def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_embeddings: int,
+               top_only_rate: Any = 0.0, top_negative_slope: Any = 0.1) -> dict[str, Any]:
     """The spec keys of the top level (none for a single-level VQ-VAE), validated against the bottom grid."""
     try:
         levels = int(top_downsamplings or 0)
@@ -104,7 +110,21 @@ def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_e
                           ) from None
     if top_k < 2:
         raise ConfigError("top_num_embeddings", f"the top codebook needs at least 2 codes, not {top_num_embeddings}")
-    return {"top_downsamplings": levels, "top_num_embeddings": top_k, "top_grid_size": grid // factor}
+    try:
+        rate = float(top_only_rate)
+    except (TypeError, ValueError):
+        raise ConfigError("top_only_rate", f"expected a share in [0, 1), not {top_only_rate!r}") from None
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError("top_only_rate", f"the share of images decoded from the top codes alone must be in [0, 1), "
+                                           f"not {top_only_rate}")
+    try:
+        slope = float(top_negative_slope)
+    except (TypeError, ValueError):
+        raise ConfigError("top_negative_slope", f"expected a number, not {top_negative_slope!r}") from None
+    if not 0.0 <= slope < 1.0:
+        raise ConfigError("top_negative_slope", f"LeakyReLU's negative slope must be in [0, 1), not {slope}")
+    return {"top_downsamplings": levels, "top_num_embeddings": top_k, "top_grid_size": grid // factor,
+            "top_only_rate": rate, "top_negative_slope": slope}
 
 
 def _max_levels(grid: int) -> int:
@@ -125,7 +145,8 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
             top_downsamplings=s["top_downsamplings"], num_embeddings=s["num_embeddings"],
             top_num_embeddings=s["top_num_embeddings"], embedding_dim=s["embedding_dim"],
             commitment_cost=s["commitment_cost"], decay=s["decay"], downsample_parameters=DOWNSAMPLE,
-            upsample_parameters=UPSAMPLE, output_act=s["output_act"],
+            upsample_parameters=UPSAMPLE, output_act=s["output_act"], top_only_rate=s.get("top_only_rate", 0.0),
+            top_negative_slope=s.get("top_negative_slope", 0.0),
         )
     return VQVAE(
         spatial_dims=2, in_channels=1, out_channels=1,
