@@ -40,14 +40,13 @@ IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never 
 
 # candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
 CANDIDATES: dict[str, list[str]] = {
-    # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256), a quarter of the training images
-    # decoded from the top codes alone, LeakyReLU in the top encoder/decoder
+    # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256), LeakyReLU in the top encoder
     "two_level": [],
     "two_level_bottom64x8": ["prior.channels=64", "prior.num_layers=8"],  # a larger bottom prior, fewer steps
-    "top_only50": ["vqvae.top_only_rate=0.5"],
-    "no_top_only": ["vqvae.top_only_rate=0"],
-    # the two-level model before the top level was made to carry the image (its top codes collapsed to position)
-    "former_two_level": ["vqvae.top_only_rate=0", "vqvae.top_negative_slope=0"],
+    # a quarter of the training images decoded from the top codes alone
+    "top_only25": ["vqvae.top_only_rate=0.25"],
+    # the two-level model before LeakyReLU in the top level (its top codes collapsed to a map of position)
+    "former_two_level": ["vqvae.top_negative_slope=0"],
     # the former default: one 32x32 grid of K=256 codes, one prior given all the prior minutes
     "single_level": ["vqvae.top_downsamplings=0", "vqvae.top_num_embeddings=null", "prior.top_prior_ckpt=null",
                      "prior.channels=64", "prior.num_layers=12"],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 import torch
-from conftest import CONFIGS, write_oasis_slices
+from conftest import CONFIGS, ROOT, write_oasis_slices
 from conftest import run_bundle as bundle
 from conftest import tiny_vqvae_overrides as tiny_overrides
 from ignite.engine import Engine
@@ -294,3 +297,27 @@ def test_train_yaml_trains_a_two_level_vqvae(tmp_path):
     for name in ("codebook_top_perplexity", "codebook_top_unused", "codebook_perplexity", "codebook_top_restarted",
                  "val_codebook_top_perplexity", "val_codebook_top_unused", "val_ssim"):
         assert name in run.data.metrics, name
+
+
+# ------------------------------------------------------------------ what the top level carries
+
+
+def test_top_level_usage_measures_a_collapsed_and_a_working_top_level(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from top_level_usage import main, top_level_usage
+
+    folder = write_oasis_slices(tmp_path / "data", size=32) / "keras_png_slices_train"
+    network = two_level()
+    path = tmp_path / "model.pt"
+    torch.save({"model": network.state_dict(), "spec": vqvae_spec(**TWO).state_dict()}, path)
+    assert main([str(path), "--images", str(folder), "--out-dir", str(tmp_path / "out")]) == 0
+    row = json.loads((tmp_path / "out" / "top_level_usage.json").read_text())[0]
+    assert row["slices"] == 12 and 1 <= row["distinct_top_maps"] <= 12
+    x = images(4)
+    assert row["l1_black"] > 0
+    # a top level whose encoder output ignores the image: one map, 0 bits given the position
+    with torch.no_grad():
+        network.top_encoder.blocks[-1].conv.weight.zero_()
+    usage = top_level_usage(network.eval(), x)
+    assert usage["distinct_top_maps"] == 1 and usage["top_bits_given_position"] == 0.0
+    assert usage["l1_black"] == pytest.approx(float(x.mean()))

@@ -173,6 +173,12 @@ class TwoLevelVQVAE(nn.Module):
         top_codes, bottom_codes = embedding_indices
         return self.decode((self.top_quantizer.embed(top_codes), self.bottom_quantizer.embed(bottom_codes)))
 
+    def decode_top_only(self, top_codes: torch.Tensor) -> torch.Tensor:
+        """Image from top code indices ``[B, h, w]`` alone, the bottom input zeroed as ``top_only_rate`` trains it."""
+        top_up = self.top_decoder(self.top_quantizer.embed(top_codes))
+        zeros = top_up.new_zeros((top_up.shape[0], self.embedding_dim, *top_up.shape[2:]))
+        return self._decode(zeros, top_up)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         ``(reconstruction, quantization_loss)``, as MONAI's VQVAE returns them.
