@@ -97,19 +97,29 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
     stages = ("data",) * (args.dataset == "demo") + tuple(s for s in DATA_STAGES if not (single and s == "prior_top"))
     if args.quick and not single:
         stages += ("inference",)  # the quick mode runs the whole demo pipeline, so that the suite does
-    pipeline = single_level_pipeline(runs_dir) if single else ROOT / "pipelines" / "demo.yaml"
+    own_data = args.dataset != "demo"
+    pipeline = candidate_pipeline(runs_dir, single, own_data) if single or own_data else ROOT / "pipelines" / "demo.yaml"
     command = [sys.executable, "-m", "oasis_gen.cli", "pipeline", "run", str(pipeline), "--only", *stages]
     for item in settings:
         command += ["--set", item]
     return command
 
 
-def single_level_pipeline(runs_dir: Path) -> Path:
-    """The demo pipeline without its top prior stage (written beside the candidate's runs), for one-level candidates."""
+def candidate_pipeline(runs_dir: Path, single: bool, own_data: bool) -> Path:
+    """
+    The demo pipeline as a candidate runs it, written beside the candidate's runs: without its top prior stage for
+    one-level candidates, without its data stage (and the stages' needs of it) for a dataset of one's own (IXI).
+    """
     pipeline = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
-    del pipeline["stages"]["prior_top"]
-    pipeline["stages"]["prior"]["needs"] = ["codes"]
-    path = runs_dir / "single_level_pipeline.yaml"
+    stages = pipeline["stages"]
+    if single:
+        del stages["prior_top"]
+        stages["prior"]["needs"] = ["codes"]
+    if own_data:
+        del stages["data"]
+        for stage in stages.values():
+            stage["needs"] = [need for need in stage.get("needs", []) if need != "data"]
+    path = runs_dir / "pipeline.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, yaml.safe_dump(pipeline, sort_keys=False))
     return path

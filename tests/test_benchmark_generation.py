@@ -37,10 +37,23 @@ def test_quick_run_trains_each_candidate_through_the_pipeline_and_writes_the_tab
 
 def test_the_single_level_candidate_runs_the_demo_pipeline_without_its_top_prior(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from generation_defaults import single_level_pipeline
+    from generation_defaults import candidate_pipeline
 
     from oasis_gen.pipeline import load_pipeline
 
-    pipeline = load_pipeline(single_level_pipeline(tmp_path), ["vqvae.top_downsamplings=0"])
+    pipeline = load_pipeline(candidate_pipeline(tmp_path, single=True, own_data=False), ["vqvae.top_downsamplings=0"])
     assert "prior_top" not in pipeline.stages and pipeline.stages["prior"].needs == ["codes"]
     assert list(pipeline.stages) == ["data", "vqvae", "evaluation", "codes", "prior", "sampling", "inference"]
+
+
+def test_a_dataset_of_ones_own_runs_the_demo_pipeline_without_its_data_stage(tmp_path):
+    # IXI: the demo's data stage builds the demo cohort; the other stages read the dataset given (data_dir)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generation_defaults import candidate_pipeline
+
+    from oasis_gen.pipeline import load_pipeline
+
+    pipeline = load_pipeline(candidate_pipeline(tmp_path, single=False, own_data=True), [])
+    assert "data" not in pipeline.stages
+    assert all("data" not in stage.needs for stage in pipeline.stages.values())
+    assert pipeline.stages["prior"].needs == ["codes", "prior_top"]
