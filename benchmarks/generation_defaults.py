@@ -108,7 +108,8 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
 def candidate_pipeline(runs_dir: Path, single: bool, own_data: bool) -> Path:
     """
     The demo pipeline as a candidate runs it, written beside the candidate's runs: without its top prior stage for
-    one-level candidates, without its data stage (and the stages' needs of it) for a dataset of one's own (IXI).
+    one-level candidates, without its data stage (and the stages' needs of it) and the completion of a demo slice
+    for a dataset of one's own (IXI).
     """
     pipeline = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
     stages = pipeline["stages"]
@@ -119,6 +120,11 @@ def candidate_pipeline(runs_dir: Path, single: bool, own_data: bool) -> Path:
         del stages["data"]
         for stage in stages.values():
             stage["needs"] = [need for need in stage.get("needs", []) if need != "data"]
+        # the completion scan is a demo slice: a dataset of one's own (volumes) completes none
+        sampling = stages["sampling"]
+        for key in ("complete_scan", "region"):
+            sampling["overrides"].pop(key, None)
+        sampling["outputs"] = [path for path in sampling["outputs"] if "completion" not in path]
     path = runs_dir / "pipeline.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, yaml.safe_dump(pipeline, sort_keys=False))

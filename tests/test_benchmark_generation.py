@@ -57,3 +57,5 @@ def test_a_dataset_of_ones_own_runs_the_demo_pipeline_without_its_data_stage(tmp
     assert "data" not in pipeline.stages
     assert all("data" not in stage.needs for stage in pipeline.stages.values())
     assert pipeline.stages["prior"].needs == ["codes", "prior_top"]
+    sampling = pipeline.stages["sampling"]
+    assert "complete_scan" not in sampling.overrides and not any("completion" in str(o) for o in sampling.outputs)
