@@ -98,7 +98,8 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
     if args.quick and not single:
         stages += ("inference",)  # the quick mode runs the whole demo pipeline, so that the suite does
     own_data = args.dataset != "demo"
-    pipeline = candidate_pipeline(runs_dir, single, own_data) if single or own_data else ROOT / "pipelines" / "demo.yaml"
+    demo = ROOT / "pipelines" / "demo.yaml"
+    pipeline = candidate_pipeline(runs_dir, single, own_data) if single or own_data else demo
     command = [sys.executable, "-m", "oasis_gen.cli", "pipeline", "run", str(pipeline), "--only", *stages]
     for item in settings:
         command += ["--set", item]
