@@ -55,11 +55,13 @@ class TwoLevelVQVAE(nn.Module):
         upsample_parameters: (stride, kernel, dilation, padding, output_padding) of every upsampling.
         act: activation; output_act: activation of the reconstruction (None: none).
         top_only_rate: in training, the share of images decoded from their top codes alone (their bottom codes
-            zeroed at the decoder's input). Without it the bottom grid can carry everything and the top grid
-            collapses to a map of position, the same for every slice, which gives its prior nothing to draw.
+            zeroed at the decoder's input), which pushes the coarse image into the top grid. Unreliable so far: on
+            the demo its top-only decoding trained in 1 of 3 runs; in the others the decoder learnt to return
+            black for a zeroed bottom input.
         top_negative_slope: > 0: the top encoder and decoder use LeakyReLU with this slope instead of ``act``. With
-            ReLU a top encoder layer can die (every unit negative for every image: measured in 1 of 3 seeded demo
-            runs), after which the top codes are a fixed map of position that no gradient can revive.
+            ReLU a top encoder layer died (every unit negative for every image) in both demo runs of the former
+            default and in 2 of 4 runs with top-only decoding; the top codes are then one map of position for
+            every slice, which no gradient revives and which gives the top prior nothing to draw.
     """
 
     def __init__(
