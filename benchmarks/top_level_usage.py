@@ -1,7 +1,8 @@
 """What the top level of two-level VQ-VAEs carries: a check that its codes describe the image, not the grid.
 
 A top level can collapse: every slice gets the same top code map (a map of position, from the padding), and its
-prior then has nothing to draw. For each checkpoint this prints, over the PNG slices of one folder:
+prior then has nothing to draw. For each checkpoint this prints, over the slices of one split of a dataset (read by
+the project's data layer, as training reads them):
 
 - the number of distinct top code maps;
 - H(top code | position): the entropy of the top code at each top grid cell over the slices, averaged over cells
@@ -11,8 +12,7 @@ prior then has nothing to draw. For each checkpoint this prints, over the PNG sl
 
 Usage::
 
-    .venv/bin/python benchmarks/top_level_usage.py runs/demo/vqvae/checkpoints/model.pt \\
-        --images data/demo/keras_png_slices_validate
+    .venv/bin/python benchmarks/top_level_usage.py runs/demo/vqvae/checkpoints/model.pt --dataset-dir data/demo
 """
 
 from __future__ import annotations
@@ -23,26 +23,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_results import write_result  # noqa: E402
 
+from oasis_gen.data import check_dataset  # noqa: E402
+from oasis_gen.generation.reference import split_slices  # noqa: E402
 from oasis_gen.networks.vqvae import load_vqvae  # noqa: E402
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE  # noqa: E402
 
 
-def read_slices(folder: Path, image_size: int, limit: int) -> torch.Tensor:
-    """Up to ``limit`` 8-bit grey PNG slices of ``folder`` (evenly spread), resized to the network's size."""
-    files = sorted(folder.glob("*.png"))
-    if not files:
-        raise SystemExit(f"top_level_usage: no PNG slices in {folder}")
-    files = files[:: max(1, len(files) // limit)][:limit]
-    images = [np.asarray(Image.open(f).convert("L").resize((image_size, image_size)), dtype=np.float32) / 255.0
-              for f in files]
-    return torch.from_numpy(np.stack(images))[:, None]
+def read_split(dataset_dir: Path, split: str, image_size: int, limit: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``limit`` slices (chosen with ``seed``) of one split of a dataset, through the project's data layer."""
+    report = check_dataset(dataset_dir, required_splits=[split], progress=False)
+    records = list(report.usable(skip_bad=True)[split])
+    if not records:
+        raise SystemExit(f"top_level_usage: no usable slices in the {split} split of {dataset_dir}")
+    return split_slices(records, image_size, max_count=limit, seed=seed)[0]
 
 
 def conditional_entropy(codes: torch.Tensor) -> float:
@@ -75,7 +74,8 @@ def top_level_usage(network: TwoLevelVQVAE, images: torch.Tensor) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="two-level VQ-VAE checkpoints (model.pt)")
-    parser.add_argument("--images", type=Path, required=True, help="a folder of PNG slices (e.g. a validation split)")
+    parser.add_argument("--dataset-dir", type=Path, required=True, help="a dataset (OASIS PNG layout or volumes)")
+    parser.add_argument("--split", default="validate")
     parser.add_argument("--limit", type=int, default=192, help="at most this many slices")
     parser.add_argument("--out-dir", type=Path, default=None, help="also write <out-dir>/<name>.md and .json")
     parser.add_argument("--name", default="top_level_usage")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         network, spec = load_vqvae(path)
         if not isinstance(network, TwoLevelVQVAE):
             raise SystemExit(f"top_level_usage: {path} holds a single-level VQ-VAE (no top codes)")
-        images = read_slices(args.images, spec["image_size"], args.limit)
+        images = read_split(args.dataset_dir, args.split, spec["image_size"], args.limit)
         rows.append({"checkpoint": str(path), "top_only_rate": spec.get("top_only_rate", 0.0),
                      "top_negative_slope": spec.get("top_negative_slope", 0.0), **top_level_usage(network, images)})
     lines = ["| checkpoint | top_only_rate | slope | distinct top maps | H(top code given position), bits | L1 full | "

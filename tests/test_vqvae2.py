@@ -306,11 +306,11 @@ def test_top_level_usage_measures_a_collapsed_and_a_working_top_level(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from top_level_usage import main, top_level_usage
 
-    folder = write_oasis_slices(tmp_path / "data", size=32) / "keras_png_slices_train"
+    dataset = write_oasis_slices(tmp_path / "data", size=32)
     network = two_level()
     path = tmp_path / "model.pt"
     torch.save({"model": network.state_dict(), "spec": vqvae_spec(**TWO).state_dict()}, path)
-    assert main([str(path), "--images", str(folder), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main([str(path), "--dataset-dir", str(dataset), "--split", "train", "--out-dir", str(tmp_path / "out")]) == 0
     row = json.loads((tmp_path / "out" / "top_level_usage.json").read_text())[0]
     assert row["slices"] == 12 and 1 <= row["distinct_top_maps"] <= 12
     x = images(4)
