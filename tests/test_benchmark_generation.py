@@ -25,11 +25,14 @@ def test_quick_run_trains_each_candidate_through_the_pipeline_and_writes_the_tab
     assert [row["candidate"] for row in result["candidates"]] == ["two_level"]
     for row in result["candidates"]:
         metrics = row["sampling"]["metrics"]
-        for key in ("c2st_accuracy", "c2st_accuracy_floor", "one_region_share", "one_region_share_floor",
-                    "nll_bits_per_code", "nll_bits_per_slice", "sampling_seconds"):
+        for key in ("c2st_accuracy", "c2st_accuracy_floor", "c2st_accuracy_reconstruction", "one_region_share",
+                    "one_region_share_floor", "nll_bits_per_code", "nll_bits_per_slice", "sampling_seconds"):
             assert math.isfinite(metrics[key]), (row["candidate"], key)
         assert 0 < row["evaluation"]["ssim"]["mean"] <= 1
         assert f"| {row['candidate']} | {row['evaluation']['ssim']['mean']:.4f} |" in table
+        c2st = (f"| {metrics['c2st_accuracy']:.3f} / {metrics['c2st_accuracy_reconstruction']:.3f} "
+                f"({metrics['c2st_accuracy_floor']:.3f}) |")
+        assert c2st in table
     [two] = (row["sampling"]["metrics"] for row in result["candidates"])
     assert two["nll_codes_per_slice"] == 8 * 8 + 2 * 2  # 32 px: an 8x8 bottom and a 2x2 top grid
     assert (tmp_path / "runs" / "demo_1+1" / "two_level" / "inference" / "summary.csv").is_file()  # every stage ran

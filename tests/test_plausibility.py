@@ -276,10 +276,31 @@ def test_plausibility_report_has_every_figure_and_its_floor(cohort):
         assert report[f"intensity_distance{suffix}"] < 0.05
 
     table = format_report(report)
-    assert table.startswith("| figure | samples | real-vs-real floor |")
+    assert table.startswith("| figure | samples | real-vs-real floor |\n")
     # one row per figure: C2ST, intensities, 4 means, 4 distances, 2 memorisation, header rule
     assert table.count("\n| ") == 13
     assert "C2ST accuracy" in table and f"{report['c2st_accuracy_floor']:.3f}" in table
+
+
+def test_reconstructions_of_the_floor_are_scored_as_a_perfect_prior(cohort):
+    reference, reference_subjects = cohort["test"]
+    floor, floor_subjects = cohort["validate"]
+    blurred = torch.from_numpy(ndimage.gaussian_filter(floor.numpy(), sigma=(0, 0, 1.5, 1.5)))
+    # the floor itself as its "reconstruction" scores as the floor does: same subjects, same folds, same seed
+    exact = plausibility_report(reference, _blobs(32, 5), floor, folds=4, epochs=5, reference_groups=reference_subjects,
+                                floor_groups=floor_subjects, reconstruction=floor.clone())
+    for key in ("c2st_accuracy", "mirror_iou", "one_region_share", "solidity_distance", "intensity_distance"):
+        assert exact[f"{key}_reconstruction"] == pytest.approx(exact[f"{key}_floor"]), key
+    # a blurred rendering of the floor is told from real slices, as the blobs are
+    blurry = plausibility_report(reference, _blobs(32, 5), floor, folds=4, epochs=5,
+                                 reference_groups=reference_subjects, floor_groups=floor_subjects,
+                                 reconstruction=blurred)
+    assert blurry["c2st_accuracy_reconstruction"] > blurry["c2st_accuracy_floor"] + 0.2
+    table = format_report(blurry)
+    assert table.startswith("| figure | samples | real-vs-real floor | reconstructions (perfect prior) |")
+    assert f"| {blurry['c2st_accuracy_reconstruction']:.3f} |" in table.splitlines()[2]
+    with pytest.raises(ValueError, match="one image per floor slice"):
+        plausibility_report(reference, _blobs(8, 5), floor, reconstruction=floor[:3])
 
 
 def test_plausibility_report_without_train_and_with_bad_input(cohort):

@@ -167,12 +167,14 @@ def test_sampling_a_two_level_model_writes_samples_a_completion_and_plausibility
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     for key in ("c2st_accuracy", "c2st_accuracy_floor", "one_region_share", "one_region_share_floor",
-                "mirror_iou_reference", "nn_copy_share", "nll_bits_per_code", "nll_bits_per_slice"):
+                "mirror_iou_reference", "nn_copy_share", "nll_bits_per_code", "nll_bits_per_slice",
+                "c2st_accuracy_reconstruction", "mirror_iou_reconstruction"):
         assert np.isfinite(metrics[key]), key
     assert metrics["nll_codes_per_slice"] == 8 * 8 + 2 * 2
     assert metrics["nll_bits_per_slice"] == pytest.approx(metrics["nll_bits_per_code"] * 68, rel=1e-4)
     table = (out / "plausibility.md").read_text()
     assert "| C2ST accuracy (0.5 = indistinguishable) |" in table and "bits per code" in table
+    assert "reconstructions (perfect prior)" in table
     original = np.load(out / "completion" / "codes_original.npy")
     completed = [np.load(path) for path in sorted((out / "completion").glob("codes_0*.npy"))]
     assert original.shape == (8, 8) and len(completed) == 4

@@ -28,6 +28,10 @@ figure of the reference set itself.
   ``nn_copy_share`` (+ ``_floor``): share of the set nearer to a training slice than ``nn_copy_threshold``,
   the 5th percentile of the reference's nearest distances. Samples that copy training slices have a median far
   below the floor's and a share far above it (the floor's share is near 0.05, the threshold's percentile).
+- Only when ``reconstruction`` is given: the C2ST accuracy, the intensity distance and the shape figures of the
+  first stage's reconstructions of the floor slices, with the suffix ``_reconstruction``. They are the figures of a
+  perfect prior with that first stage: samples cannot score better than its reconstructions, so the gap from the
+  floor to them is the first stage's share of the samples' gap, and the rest is the prior's.
 - ``n_samples``, ``n_floor``, ``n_reference`` (and ``n_train``): the set sizes used; samples and floor are cut
   to the same size, so both comparisons carry the same small-sample bias.
 
@@ -478,7 +482,8 @@ def _subsample(count: int, total: int, generator: torch.Generator) -> torch.Tens
 
 def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: torch.Tensor,
                         train: torch.Tensor | None = None, seed: int = 0, folds: int = 5, epochs: int = 20,
-                        reference_groups: Any = None, floor_groups: Any = None) -> dict[str, float]:
+                        reference_groups: Any = None, floor_groups: Any = None,
+                        reconstruction: torch.Tensor | None = None) -> dict[str, float]:
     """Every plausibility figure for ``samples`` and its real-vs-real floor, as a flat dict (keys: module docstring).
 
     Args:
@@ -494,13 +499,22 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
         reference_groups: optional subject label per reference slice: the two-sample tests then keep a
             subject's slices in one fold (see :func:`classifier_two_sample_test`).
         floor_groups: likewise per floor slice.
+        reconstruction: the first stage's reconstructions of ``floor``, one per floor slice in the same order; when
+            given, the figures of a perfect prior (``_reconstruction`` keys) are added.
     """
     reference, samples, floor = _images(reference, "reference"), _images(samples, "samples"), _images(floor, "floor")
+    if reconstruction is not None:
+        reconstruction = _images(reconstruction, "reconstruction")
+        if len(reconstruction) != len(floor):
+            raise ValueError(f"reconstruction must hold one image per floor slice ({len(floor)}), "
+                             f"got {len(reconstruction)}")
     reference_groups = _groups(reference_groups, len(reference), "reference_groups")
     floor_groups = _groups(floor_groups, len(floor), "floor_groups")
     sets = {"reference": reference, "samples": samples, "floor": floor}
     if train is not None:
         sets["train"] = train = _images(train, "train")
+    if reconstruction is not None:
+        sets["reconstruction"] = reconstruction
     shapes = {name: tuple(images.shape[-2:]) for name, images in sets.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"all image sets must have the same height and width, got {shapes}")
@@ -510,6 +524,7 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
     samples = samples[_subsample(count, len(samples), generator)]
     keep = _subsample(count, len(floor), generator)
     floor = floor[keep]
+    reconstruction = None if reconstruction is None else reconstruction[keep]
     floor_groups = None if floor_groups is None else floor_groups[keep.numpy()]
     report: dict[str, float] = {"n_samples": float(count), "n_floor": float(count),
                                 "n_reference": float(len(reference))}
@@ -521,11 +536,18 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
                                                                seed=seed, groups_a=reference_groups,
                                                                groups_b=floor_groups)
 
-    report["intensity_distance"] = intensity_distance(reference, samples)
-    report["intensity_distance_floor"] = intensity_distance(reference, floor)
+    if reconstruction is not None:
+        # the same subjects and folds as the floor's test: only the first stage's rendering differs
+        report["c2st_accuracy_reconstruction"] = classifier_two_sample_test(
+            reference, reconstruction, folds=folds, epochs=epochs, seed=seed, groups_a=reference_groups,
+            groups_b=floor_groups)
 
     stats_reference = shape_statistics(reference)
-    for suffix, images in (("", samples), ("_floor", floor)):
+    compared = {"": samples, "_floor": floor, "_reconstruction": reconstruction}
+    for suffix, images in compared.items():
+        if images is None:
+            continue
+        report[f"intensity_distance{suffix}"] = intensity_distance(reference, images)
         distances = shape_distance(stats_reference, shape_statistics(images))
         for name in SHAPE_STATISTICS:
             report[f"{_MEAN_NAMES[name]}{suffix}"] = distances[f"{name}_mean_b"]
@@ -556,16 +578,21 @@ _ROWS = (
 
 
 def format_report(report: dict[str, float]) -> str:
-    """A markdown table of a :func:`plausibility_report`: figure | samples | real-vs-real floor."""
-    lines = ["| figure | samples | real-vs-real floor |", "| --- | ---: | ---: |"]
+    """A markdown table of a :func:`plausibility_report`: figure | samples | real-vs-real floor, and a column of the
+    first stage's reconstructions (a perfect prior) when the report has them."""
+    suffixes = ["_floor"] + (["_reconstruction"] if "c2st_accuracy_reconstruction" in report else [])
+    header = "| figure | samples | real-vs-real floor |" + (" reconstructions (perfect prior) |" if len(suffixes) > 1
+                                                            else "")
+    lines = [header, "| --- |" + " ---: |" * (1 + len(suffixes))]
     for key, label in _ROWS:
         if key not in report:
             continue
         reference = report.get(f"{key}_reference")
         if reference is not None:
             label = f"{label} (reference {reference:.3f})"
-        floor = report.get(f"{key}_floor")
-        lines.append(f"| {label} | {report[key]:.3f} | {'' if floor is None else f'{floor:.3f}'} |")
+        others = [report.get(f"{key}{suffix}") for suffix in suffixes]
+        cells = " | ".join("" if value is None else f"{value:.3f}" for value in others)
+        lines.append(f"| {label} | {report[key]:.3f} | {cells} |")
     sizes = ", ".join(f"{name} {int(report[f'n_{name}'])}" for name in ("samples", "floor", "reference", "train")
                       if f"n_{name}" in report)
     if sizes:

@@ -19,7 +19,7 @@ from oasis_gen.data.transforms import decode_intensity, eval_transforms
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.plausibility import plausibility_report
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer
+from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer, decode_codes, encode_images
 
 __all__ = ["heldout_nll", "sample_plausibility", "split_slices"]
 
@@ -51,7 +51,8 @@ def split_slices(records: Sequence[Mapping[str, Any]], image_size: int, max_coun
 
 def sample_plausibility(samples: torch.Tensor, records: Mapping[str, Sequence[Mapping[str, Any]]], image_size: int,
                         seed: int = 0, max_reference: int = 256, max_train: int = 1024, folds: int = 5,
-                        epochs: int = 20, progress: bool = False) -> dict[str, float]:
+                        epochs: int = 20, progress: bool = False, vqvae: torch.nn.Module | None = None
+                        ) -> dict[str, float]:
     """The plausibility figures of ``samples`` with their real-vs-real floors, from a dataset's splits.
 
     Args:
@@ -61,6 +62,8 @@ def sample_plausibility(samples: torch.Tensor, records: Mapping[str, Sequence[Ma
         image_size: the side the real slices are brought to (the VQ-VAE's).
         max_reference: at most this many test slices; max_train likewise for the training slices.
         seed: seeds the choice of slices and the two-sample tests.
+        vqvae: the first stage that decodes the samples; when given, its reconstructions of the floor slices are
+            scored too (the figures of a perfect prior, ``_reconstruction`` keys of the report).
     """
     for split in ("test", "validate"):
         if not records.get(split):
@@ -72,12 +75,16 @@ def sample_plausibility(samples: torch.Tensor, records: Mapping[str, Sequence[Ma
     train = None
     if records.get("train"):
         train, _ = split_slices(records["train"], image_size, max_train, seed, progress, "train slices")
+    reconstruction = None
+    if vqvae is not None:
+        reconstruction = decode_codes(vqvae, encode_images(vqvae, floor)).cpu()
     folds = max(2, min(int(folds), len(samples), len(floor)))
     # a subject's slices share a fold, where a split has subjects enough for the folds (tiny datasets may not)
     reference_groups = reference_groups if len(set(reference_groups)) >= folds else None
     floor_groups = floor_groups if len(set(floor_groups)) >= folds else None
     return plausibility_report(reference, samples.float().cpu(), floor, train=train, seed=seed, folds=folds,
-                               epochs=epochs, reference_groups=reference_groups, floor_groups=floor_groups)
+                               epochs=epochs, reference_groups=reference_groups, floor_groups=floor_groups,
+                               reconstruction=reconstruction)
 
 
 def heldout_nll(prior: GatedPixelCNN | TwoLevelPrior, vqvae: torch.nn.Module, records: Sequence[Mapping[str, Any]],
