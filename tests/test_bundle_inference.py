@@ -322,13 +322,25 @@ def test_model_view_is_the_training_chain_and_goes_back_to_the_input_size(tmp_pa
     assert np.abs(back - planes.planes).mean() < 0.1  # only the resampling blur is lost
 
 
-def test_volume_planes_stack_back_into_the_volume(tmp_path):
-    path = write_nifti(tmp_path / "v.nii.gz", brain_volume((12, 14, 10)), nifti_affine())
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIR", "PSR"])
+def test_volume_planes_stack_back_into_the_stored_volume_voxel_for_voxel(tmp_path, codes):
+    from test_orientation import asymmetric_head, write_oriented
+
+    path = write_oriented(tmp_path / "v.nii.gz", asymmetric_head(), codes)
+    stored = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     for axis in ("axial", "coronal", "sagittal"):
         planes = read_planes(find_inputs(path)[0], slice_axis=axis)
         volume = read_volume(str(path))
-        assert np.array_equal(planes.to_volume(planes.planes), volume.data)
+        # the planes put back are the file's own array (scaled to [0, 1]) in the file's own layout
+        assert np.array_equal(planes.to_volume(planes.planes), volume.to_stored(volume.data))
+        np.testing.assert_allclose(planes.to_volume(planes.planes), stored / stored.max(), atol=1e-6)
         assert planes.count == volume.data.shape[planes.axis]
+    # the input's own planes written as its "reconstruction" give back the input file's values in place
+    written = write_reconstruction(tmp_path / "out", planes, planes.planes)
+    assert np.array_equal(np.asarray(nib.load(str(written)).dataobj), stored)
+
+
+def test_volume_labels_bucket_the_kept_planes():
     assert volume_labels(np.array([False, True, True, True, True, False]), 2).tolist() == [0, 0, 0, 1, 1, 1]
 
 
@@ -404,3 +416,24 @@ def test_a_conditional_prior_scores_each_slice_under_its_position(tmp_path):
     assert not np.allclose(by_position, all_first)  # the later slices were scored under buckets 1 and 2
     with pytest.raises(ConfigError, match="config 'label': this prior knows buckets 0..2, not 3"):
         infer_scans(scans, models, tmp_path / "bad", label=3, progress=False)
+
+
+@pytest.mark.slow
+def test_a_head_in_four_stored_orientations_gives_the_same_codes_and_scores_and_outputs_in_place(models, tmp_path):
+    from test_orientation import ORIENTATIONS, asymmetric_head, write_oriented
+
+    ras = asymmetric_head()
+    scans = {codes: write_oriented(tmp_path / "scans" / f"head_{codes}.nii.gz", ras, codes) for codes in ORIENTATIONS}
+    result = infer(tmp_path / "scans", tmp_path / "out", tmp_path / "mlruns", vqvae_ckpt=models["vqvae"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = {codes: tmp_path / "out" / f"head_{codes}" for codes in ORIENTATIONS}
+    codes_ras = np.load(out["RAS"] / "codes.npy")
+    assert codes_ras.shape[0] == ras.shape[2]  # axial planes of the canonical array, whatever the stored axes
+    canonical = {}
+    for codes, folder in out.items():
+        assert np.array_equal(np.load(folder / "codes.npy"), codes_ras), codes
+        assert per_slice(folder) == per_slice(out["RAS"]), codes  # the same SSIM and PSNR, slice by slice
+        source, output = nib.load(str(scans[codes])), nib.load(str(folder / "reconstruction.nii.gz"))
+        assert output.shape == source.shape and np.allclose(output.affine, source.affine), codes
+        canonical[codes] = np.asarray(nib.as_closest_canonical(output).dataobj)
+    assert all(np.array_equal(array, canonical["RAS"]) for array in canonical.values())

@@ -103,14 +103,41 @@ def scale_unit(data: np.ndarray, path: str | Path) -> np.ndarray:
     return np.clip((data - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
+# every volume is sliced in this orientation, whatever its stored one: array axes running to the patient's Right,
+# Anterior and Superior (nibabel's canonical orientation; the demo cohort's MNI152 template is stored so)
+CANONICAL_AXES = ("R", "A", "S")
+
+
 @dataclass(frozen=True)
 class Volume:
-    """A 3D scan scaled to [0, 1], with what is needed to write results back in its own space."""
+    """
+    A 3D scan scaled to [0, 1] and turned to the canonical orientation (:data:`CANONICAL_AXES`), with what is needed
+    to write results back in its own stored orientation and space.
+
+    Attributes:
+        data: the voxels, float32 in [0, 1], axes R, A, S (flipped and transposed from the stored array).
+        affine: the affine of ``data`` (the stored affine composed with the reorientation: same world space).
+        header: the stored file's header.
+        shape: the stored array's shape (with any trailing singleton axes).
+        orientation: nibabel orientation ``[3, 2]`` from the stored array to ``data``
+            (:func:`nibabel.orientations.io_orientation` of the stored affine).
+    """
 
     data: np.ndarray
     affine: np.ndarray
     header: nib.spatialimages.SpatialHeader
     shape: tuple[int, ...]
+    orientation: np.ndarray
+
+    @property
+    def stored_axes(self) -> tuple[str, ...]:
+        """The stored array's axis codes, e.g. ``("P", "S", "R")`` for IXI's T1 scans."""
+        return tuple(nib.orientations.ornt2axcodes(self.orientation))
+
+    def to_stored(self, array: np.ndarray) -> np.ndarray:
+        """An array laid out like :attr:`data` (e.g. a reconstruction) in the stored array's layout and shape."""
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(CANONICAL_AXES), self.orientation)
+        return np.ascontiguousarray(nib.orientations.apply_orientation(array, back)).reshape(self.shape)
 
 
 def analyze_partner(path: Path) -> Path:
@@ -122,7 +149,9 @@ def analyze_partner(path: Path) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def read_volume(path: str) -> Volume:
-    """Load a NIfTI/Analyze volume as float32 in [0, 1] (cached: its slices are read one after another)."""
+    """Load a NIfTI/Analyze volume as float32 in [0, 1], turned to the canonical orientation (the nearest one where
+    the affine is oblique), so that a head stored RAS, LPS or PSR gives the same array (cached: its slices are read
+    one after another)."""
     file = Path(path)
     if not file.is_file():
         raise DataError(file, "file not found")
@@ -138,11 +167,16 @@ def read_volume(path: str) -> Volume:
     data = raw.reshape([s for s in raw.shape if s != 1]) if raw.ndim > 3 else raw
     if data.ndim != 3:
         raise DataError(file, f"expected a 3D volume, found shape {original_shape}")
-    return Volume(data=scale_unit(data, file), affine=image.affine, header=image.header, shape=original_shape)
+    orientation = nib.orientations.io_orientation(image.affine)
+    canonical = nib.orientations.apply_orientation(data, orientation)
+    affine = image.affine @ nib.orientations.inv_ornt_aff(orientation, data.shape)
+    return Volume(data=scale_unit(np.ascontiguousarray(canonical), file), affine=affine, header=image.header,
+                  shape=original_shape, orientation=orientation)
 
 
 def resolve_axis(path: str | Path, axis: int | str) -> int:
-    """Turn "axial" / "coronal" / "sagittal" into the array axis of this volume (an int passes through)."""
+    """Turn "axial" / "coronal" / "sagittal" into the array axis of this volume as read (:func:`read_volume`: the
+    canonical orientation, so axial is 2); an int (0, 1, 2: sagittal, coronal, axial) passes through."""
     if isinstance(axis, int) or str(axis).isdigit():
         axis = int(axis)
         if axis not in (0, 1, 2):
@@ -157,9 +191,20 @@ def resolve_axis(path: str | Path, axis: int | str) -> int:
     raise DataError(path, f"cannot tell the {axis} axis from the affine (axis codes {codes})")
 
 
+def volume_planes(data: np.ndarray, axis: int) -> np.ndarray:
+    """Every plane ``[S, H, W]`` of a canonical volume along ``axis``, turned as the slices are shown: for axial
+    planes anterior at the top and the patient's left on the left, as the demo cohort's slices."""
+    return np.ascontiguousarray(np.rot90(np.moveaxis(data, axis, 0), axes=(1, 2)))
+
+
+def planes_to_volume(planes: np.ndarray, axis: int) -> np.ndarray:
+    """The inverse of :func:`volume_planes`: planes ``[S, H, W]`` back into the canonical volume's layout."""
+    return np.moveaxis(np.rot90(planes, k=-1, axes=(1, 2)), 0, axis)
+
+
 def volume_slice(volume: Volume, axis: int, index: int) -> np.ndarray:
-    """Return one 2D plane of a volume, turned so that the first array axis runs top to bottom."""
-    return np.ascontiguousarray(np.rot90(np.take(volume.data, index, axis=axis)))
+    """One 2D plane of a volume as :func:`volume_planes` turns it."""
+    return volume_planes(np.take(volume.data, [index], axis=axis), axis)[0]
 
 
 def brain_fractions(volume: Volume, axis: int, threshold: float = 0.05) -> np.ndarray:

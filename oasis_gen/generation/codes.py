@@ -30,7 +30,9 @@ from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae, name
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: volumes are cut in the canonical orientation (oasis_gen.data.readers.CANONICAL_AXES); a cache of format 1 may
+# hold codes of non-RAS volumes cut in their stored orientation, so it is encoded again
+CACHE_FORMAT = 2
 
 __all__ = ["class_count", "code_datasets", "code_dtype", "encode_codes", "prior_records", "prior_spec", "slice_labels"]
 

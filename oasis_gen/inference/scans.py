@@ -26,10 +26,12 @@ from oasis_gen.data.readers import (
     UPPER_PERCENTILE,
     Volume,
     brain_fractions,
+    planes_to_volume,
     read_slice,
     read_volume,
     resolve_axis,
     scan_kind,
+    volume_planes,
     volume_stem,
 )
 from oasis_gen.data.transforms import EncodeIntensity, decode_intensity
@@ -142,10 +144,11 @@ class ScanPlanes:
         return int(self.planes.shape[0])
 
     def to_volume(self, planes: np.ndarray) -> np.ndarray:
-        """Stack planes ``[S, H, W]`` (as :attr:`planes` is turned) back into the volume's 3D array layout."""
-        if self.axis is None:
+        """Stack planes ``[S, H, W]`` (as :attr:`planes` is turned) back into the file's own array layout and shape
+        (its stored orientation), so that a result lines up with the input voxel for voxel."""
+        if self.axis is None or self.volume is None:
             raise ValueError("only a volume has a 3D layout")
-        return np.moveaxis(np.rot90(planes, k=-1, axes=(1, 2)), 0, self.axis)
+        return self.volume.to_stored(planes_to_volume(planes, self.axis))
 
 
 def read_planes(scan: ScanFile, slice_axis: int | str = "axial", min_brain_fraction: float = 0.1) -> ScanPlanes:
@@ -169,7 +172,7 @@ def read_planes(scan: ScanFile, slice_axis: int | str = "axial", min_brain_fract
     if float(fractions.max()) <= 0:
         raise DataError(scan.path, "empty volume (no voxel above background)")
     scored = fractions >= float(min_brain_fraction)
-    planes = np.ascontiguousarray(np.rot90(np.moveaxis(volume.data, axis, 0), axes=(1, 2)))
+    planes = volume_planes(volume.data, axis)
     image = nib.load(str(scan.path))
     return ScanPlanes(scan, planes, scored if scored.any() else np.ones_like(scored), axis, volume, image,
                       _intensity_range(np.asarray(image.dataobj, dtype=np.float32)))

@@ -48,7 +48,7 @@ def write_reconstruction(folder: Path, scan: ScanPlanes, planes: np.ndarray) -> 
         return save_png(picture, target)
     low, high = scan.intensity_range or (0.0, 1.0)
     values = scan.to_volume(np.clip(planes, 0.0, 1.0)) * (high - low) + low
-    return write_volume(target, scan, values.reshape(scan.volume.shape))
+    return write_volume(target, scan, values)
 
 
 def write_volume(target: Path, scan: ScanPlanes, values: np.ndarray) -> Path:
