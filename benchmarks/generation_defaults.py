@@ -52,8 +52,9 @@ CANDIDATES: dict[str, list[str]] = {
                      "prior.channels=64", "prior.num_layers=12"],
 }
 SINGLE_LEVEL = {"single_level"}  # candidates without a top prior stage
-# IXI volumes are stored P-S-R: axis 1 is axial; min_brain_fraction 0.25 drops the neck and the skull cap
-IXI_SETTINGS = ["slice_axis=1", "min_brain_fraction=0.25"]
+# axial slices of the IXI volumes (stored P-S-R, turned to RAS by the reader); min_brain_fraction 0.25 drops the neck
+# and the skull cap
+IXI_SETTINGS = ["slice_axis=axial", "min_brain_fraction=0.25"]
 DATA_STAGES = ("vqvae", "evaluation", "codes", "prior_top", "prior", "sampling")
 QUICK = ["data.subjects=9", "data.size=32", "data.slices_per_subject=4",
          "vqvae.image_size=32", "vqvae.channels=[8,16]", "vqvae.num_embeddings=16", "vqvae.embedding_dim=8",

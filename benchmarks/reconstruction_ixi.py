@@ -11,7 +11,7 @@ slices with per-image SSIM (data range 1) and PSNR:
   with the MONAI metric classes evaluate.yaml uses, on reconstructions clamped to [0, 1].
 
 The default dataset is the 60 IXI T1 volumes beside the project (../shared/data/ixi_t1, split 80/10/10 by subject,
-axis 1 is axial, slices with under 25 % head dropped); ``--dataset demo`` uses the demo cohort.
+axial slices, slices with under 25 % head dropped); ``--dataset demo`` uses the demo cohort.
 
     python benchmarks/reconstruction_ixi.py --minutes 3 10 30                 # IXI, every candidate and budget
     python benchmarks/reconstruction_ixi.py --dataset demo --minutes 3 10 30  # the demo cohort
@@ -47,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "bundle" / "configs"
 IXI = ROOT.parent / "shared" / "data" / "ixi_t1"
-# reader settings per named dataset: IXI is stored P-S-R (axis 1 is axial for the reader), skull and neck included
+# reader settings per named dataset: IXI's axial slices (stored P-S-R, turned to RAS by the reader), skull and neck
+# included
 DATASETS: dict[str, dict[str, object]] = {
-    "ixi": {"slice_axis": 1, "min_brain_fraction": 0.25},
+    "ixi": {"slice_axis": "axial", "min_brain_fraction": 0.25},
     "demo": {},
 }
 # train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1)
