@@ -24,13 +24,15 @@ A pipeline file (``pipelines/demo.yaml`` is the embedded default)::
 
 Every override key must be a setting of the stage's config, every ``${name}`` a variable: a typo is one error
 line that names the file and the key. ``tracking_uri`` and ``experiment_name`` are passed to every bundle stage
-whose config has them (unless the stage sets them), so that all runs land in the same experiment.
+whose config has them (unless the stage sets them), so that all runs land in the same experiment. Where
+``MLFLOW_TRACKING_URI`` is set it replaces the file's ``tracking_uri`` (``--set tracking_uri=...`` still wins).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ import yaml
 import oasis_gen
 from oasis_gen.bundles import config_keys, config_path, configs_dir
 from oasis_gen.errors import ConfigError
-from oasis_gen.tracking import DEFAULT_STORE
+from oasis_gen.tracking import DEFAULT_STORE, TRACKING_URI_ENV
 
 __all__ = ["MISSING", "Pipeline", "PipelineError", "Stage", "default_pipeline", "load_pipeline"]
 
@@ -163,6 +165,9 @@ def load_pipeline(path: str | Path, assignments: Sequence[str] = ()) -> Pipeline
     if not isinstance(raw_variables, Mapping):
         raise PipelineError(path, "variables", "variables are a mapping of names to values")
     variables = {**DEFAULTS, **{str(k): v for k, v in raw_variables.items()}}
+    environment = os.environ.get(TRACKING_URI_ENV, "").strip()
+    if environment:  # MLflow's own variable beats the file's store; --set tracking_uri=... beats both
+        variables["tracking_uri"] = environment
     stage_sets = _apply_assignments(path, assignments, variables, raw_stages)
     variables = _resolve_variables(path, variables)
     if "runs_dir" not in variables:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -11,8 +12,15 @@ from typing import Any
 
 import oasis_gen
 from oasis_gen.files import write_text
+from oasis_gen.networks.spec import file_sha256
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlruns"
+# tag of a registered model version: the SHA-256 of the checkpoint file it was built from
+CHECKPOINT_TAG = "checkpoint_sha256"
+# MLflow's own variable: where runs go when no store is given
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_NAME_FILE = "mlflow_run_name.txt"
 # a pipeline passes its MLflow run id to the stages it starts; their runs become its children in the UI
 PARENT_RUN_ENV = "OASIS_GEN_PARENT_RUN_ID"
@@ -27,15 +35,38 @@ def sqlite_uri(db_path: str | Path) -> str:
 
 
 def default_tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
-    """The project's default store: ``<store>/mlflow.db`` (MLflow 3 no longer takes a plain folder)."""
+    """The store of a run given none: ``MLFLOW_TRACKING_URI`` when it is set (as MLflow itself does), else the
+    project's ``<store>/mlflow.db`` (MLflow 3 no longer takes a plain folder)."""
+    environment = os.environ.get(TRACKING_URI_ENV, "").strip()
+    if environment:
+        return _store_uri(environment)
     return sqlite_uri(Path(store) / "mlflow.db")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """Accept a URI, a ``.db`` file path or a folder; turn local paths into SQLite URIs."""
+    """Accept a URI, a ``.db`` file path or a folder; turn local paths into SQLite URIs; nothing: the default store
+    (:func:`default_tracking_uri`)."""
     if not uri:
         return default_tracking_uri()
-    text = str(uri)
+    return _store_uri(str(uri))
+
+
+def handler_store(tracking_uri: str | None) -> str:
+    """The store URI to give MONAI's ``MLFlowHandler``: :func:`resolve_tracking_uri` of the config's store.
+
+    MONAI's handler prefers ``MLFLOW_TRACKING_URI`` to its argument and refuses a plain folder in it. Where the
+    variable is set, it is pointed at this store within the process, so that the handler writes where the config
+    says: the variable's store, resolved as everywhere else (a folder becomes its ``mlflow.db``), unless
+    ``--tracking_uri`` named another.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if os.environ.get(TRACKING_URI_ENV, "").strip():
+        os.environ[TRACKING_URI_ENV] = uri
+    return uri
+
+
+def _store_uri(text: str) -> str:
+    """A tracking URI from a URI, a ``.db`` file path or a folder."""
     if "://" in text:
         if text.startswith("file:"):
             return sqlite_uri(Path(text.split("file://", 1)[-1]) / "mlflow.db")
@@ -71,6 +102,120 @@ def run_name(output_dir: str | Path, stage: str, *details: Any, resume: bool = F
         write_text(marker, name + "\n")
     _names[key] = name
     return name
+
+
+def single_mlflow_handler(handlers: Sequence[Any]) -> list[Any]:
+    """An engine's handlers with only the first ``MLFlowHandler`` (the project's own).
+
+    The bundle configs log to MLflow themselves. MONAI's ``--tracking mlflow`` appends a second ``MLFlowHandler`` to
+    the same handler lists, with the config's own store and run name, which would log every figure twice into the
+    same run; it is left out here (with a log line), so that the switch neither fails nor doubles anything.
+    """
+    from monai.handlers import MLFlowHandler
+
+    kept: list[Any] = []
+    seen = False
+    for handler in handlers:
+        if isinstance(handler, MLFlowHandler):
+            if seen:
+                logger.info("MLflow tracking is built into this config: the MLFlowHandler added by --tracking is "
+                            "left out, so nothing is logged twice")
+                continue
+            seen = True
+        kept.append(handler)
+    return kept
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements of a logged model: the project's own dependencies (its extras left out), torch at the
+    version that trained it."""
+    from importlib import metadata
+
+    import torch
+
+    try:
+        declared = metadata.requires("oasis-gen") or []
+    except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+        declared = []
+    kept = [r for r in declared if "extra ==" not in r and not r.startswith("torch")]
+    return [f"torch=={torch.__version__.split('+')[0]}", *kept]
+
+
+def log_model(
+    tracking_uri: str | None,
+    run_id: str,
+    network: Any,
+    example: Any,
+    name: str = "network",
+    registered_model_name: str | None = None,
+    description: str | None = None,
+    checkpoint: str | Path | None = None,
+) -> Any:
+    """Log a network as an MLflow model of a run (``mlflow.pytorch``), with its signature and an input example, and
+    register it under ``registered_model_name`` (None: logged only). Returns MLflow's ``ModelInfo``.
+
+    The model carries the oasis_gen package (``code_paths``), so that ``mlflow.pytorch.load_model`` works where the
+    project is not installed, and the project's own requirements (:func:`model_requirements`) instead of MLflow's
+    guess at them.
+
+    Args:
+        tracking_uri: the store of the run (a folder, ``.db`` file or URI; None: :func:`default_tracking_uri`).
+        run_id: the run the model belongs to (it may have ended: it is reopened and ended again).
+        network: a ``torch.nn.Module`` taking and returning one tensor (e.g. a
+            :class:`~oasis_gen.networks.vqvae.VQVAEReconstruction`).
+        example: an input tensor for the signature and the example (e.g. ``[1, 1, S, S]``).
+        description: text of the registered version (e.g. what the model was trained on).
+        checkpoint: the checkpoint file the network was built from: its SHA-256 tags the registered version, so
+            that runs using the checkpoint can name the version (:func:`registered_versions`).
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    network = network.eval()
+    example = torch.as_tensor(example).float()
+    with torch.no_grad():
+        output = network(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    requirements = model_requirements()
+    uri = resolve_tracking_uri(tracking_uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(network, name=name, signature=signature, input_example=example.numpy(),
+                                            code_paths=[str(Path(oasis_gen.__file__).resolve().parent)],
+                                            pip_requirements=requirements,
+                                            registered_model_name=registered_model_name)
+        if registered_model_name and info.registered_model_version is not None:
+            client, version = mlflow.MlflowClient(uri), str(info.registered_model_version)
+            if description:
+                client.update_model_version(registered_model_name, version, description=description)
+            if checkpoint is not None:
+                client.set_model_version_tag(registered_model_name, version, CHECKPOINT_TAG, file_sha256(checkpoint))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return info
+
+
+def registered_versions(tracking_uri: str | None, checkpoint: str | Path | None) -> str | None:
+    """The registered model versions of a checkpoint file in a store, as ``name/version`` text (``a/1, b/2``), or
+    None when none is registered there (or the file is missing). Evaluation, sampling and inference runs record it,
+    so the model registry leads to them and they to the model."""
+    if checkpoint is None or not Path(str(checkpoint)).is_file():
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    digest = file_sha256(checkpoint)
+    try:
+        versions = MlflowClient(resolve_tracking_uri(tracking_uri)).search_model_versions(
+            f"tags.{CHECKPOINT_TAG} = '{digest}'")
+    except MlflowException as err:  # a store without a registry (some servers): nothing to name
+        logger.debug("no model registry in %s: %s", tracking_uri, err)
+        return None
+    return ", ".join(sorted(f"{v.name}/{v.version}" for v in versions)) or None
 
 
 def git_commit(path: str | Path | None = None) -> str | None:

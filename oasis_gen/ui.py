@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oasis_gen.errors import ConfigError, DataError
-from oasis_gen.tracking import DEFAULT_STORE, artifact_location, resolve_tracking_uri
+from oasis_gen.tracking import DEFAULT_STORE, TRACKING_URI_ENV, artifact_location, resolve_tracking_uri
 
 START_TIMEOUT_S = 120.0  # a cold start on a busy 2-core machine takes 10-30 s (imports, database migrations)
 
@@ -45,11 +45,13 @@ def mlflow_server_command(tracking_uri: str, host: str, port: int, workers: int 
 
 
 def existing_store_uri(tracking_uri: str | Path | None = None) -> str:
-    """The tracking URI of a store that exists (a folder, a ``.db`` file or a URI; default ``mlruns``).
+    """The tracking URI of a store that exists (a folder, a ``.db`` file or a URI; default ``MLFLOW_TRACKING_URI``
+    when set, else ``mlruns``).
 
     A local store must already hold its database: a mistyped path would otherwise become a new, empty store.
     """
-    text = str(tracking_uri) if tracking_uri is not None else DEFAULT_STORE
+    text = str(tracking_uri) if tracking_uri is not None else (os.environ.get(TRACKING_URI_ENV, "").strip()
+                                                               or DEFAULT_STORE)
     if "://" not in text:
         path = Path(text).expanduser()
         database = path if path.suffix == ".db" else path / "mlflow.db"

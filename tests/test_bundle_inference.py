@@ -437,3 +437,16 @@ def test_a_head_in_four_stored_orientations_gives_the_same_codes_and_scores_and_
         assert output.shape == source.shape and np.allclose(output.affine, source.affine), codes
         canonical[codes] = np.asarray(nib.as_closest_canonical(output).dataobj)
     assert all(np.array_equal(array, canonical["RAS"]) for array in canonical.values())
+
+
+@pytest.mark.slow
+def test_inference_honours_the_environments_store_and_tracking_mlflow(models, tmp_path):
+    scans = write_png(tmp_path / "scans" / "a.png", brain_slice(40, 3)).parent
+    store = tmp_path / "env_store"
+    result = bundle("run", "inferring", "--config_file", INFERENCE, "--input", str(scans), "--inference_dir",
+                    str(tmp_path / "out"), "--vqvae_ckpt", str(models["vqvae"]), "--progress", "False",
+                    "--tracking", "mlflow", env={"MLFLOW_TRACKING_URI": str(store)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.data.tags["stage"] for run in runs] == ["infer"]

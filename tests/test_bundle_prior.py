@@ -99,8 +99,13 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
     assert 0.0 < run.data.metrics["val_nll_bits"] < 2 * math.log2(16)
     assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # 12 slices / batch 4
+    inputs = sorted(d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs)
+    assert inputs == ["train_dataset_0", "validate_dataset_0"]  # the slices whose codes it learnt, as MLflow inputs
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert pictures == ["samples/samples_epoch001.png"]
+    stepped = [a.path.split("+")[:3] for a in client.list_artifacts(run.info.run_id, "images")
+               if a.path.endswith(".png") and "compressed" not in a.path]
+    assert stepped == [["images/samples", "step", "1"]]  # and as an image with its step, for the UI's image view
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
     from PIL import Image
 

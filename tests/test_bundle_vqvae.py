@@ -68,6 +68,9 @@ def test_training_run_is_recorded_in_mlflow(trained):
     assert params["data.train.slices"] == "12" and params["data.validate.subjects"] == "1"
     assert int(params["parameters"]) > 1000
     assert run.data.tags["stage"] == "vqvae"
+    inputs = {d.dataset.name: d.dataset for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"train_dataset_0", "validate_dataset_0"}  # the slices it learnt from, as MLflow inputs
+    assert '"num_rows": 12' in inputs["train_dataset_0"].profile
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == [2, 4, 6]  # 12 slices / batch 4 = 3 iterations per epoch, logged every 2nd
     for name in ("val_ssim", "val_psnr", "val_mse", "codebook_perplexity", "codebook_unused", "recon_loss"):
@@ -76,12 +79,43 @@ def test_training_run_is_recorded_in_mlflow(trained):
     assert 0.0 <= run.data.metrics["codebook_unused"] < 1.0
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "reconstructions")]
     assert pictures == ["reconstructions/reconstructions_epoch001.png", "reconstructions/reconstructions_epoch002.png"]
+    stepped = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")
+               and "compressed" not in a.path]
+    # the same pictures as images with a step: the UI's image view steps through the epochs
+    assert sorted(path.split("+")[:3] for path in stepped) == [["images/reconstructions", "step", "1"],
+                                                               ["images/reconstructions", "step", "2"]]
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
     picture = Path(client.download_artifacts(run.info.run_id, pictures[0], str(trained["out"] / "dl")))
     from PIL import Image
 
     assert Image.open(picture).size[0] == 3 * 32 + 2 * 2  # original | reconstruction | difference
+
+
+def test_the_trained_vqvae_is_a_registered_mlflow_model_that_reconstructs_as_the_checkpoint(trained, request):
+    import mlflow
+    import mlflow.pytorch
+
+    from oasis_gen.data import decode_intensity, eval_transforms
+    from oasis_gen.networks.spec import file_sha256
+    from oasis_gen.networks.vqvae import load_vqvae
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{trained['store'] / 'mlflow.db'}")
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(previous))
+    client, runs = runs_of(trained["store"])
+    [version] = client.search_model_versions("name='oasis-gen-vqvae'")
+    assert str(version.version) == "1" and version.run_id == runs[0].info.run_id
+    assert version.tags["checkpoint_sha256"] == file_sha256(trained["out"] / "checkpoints" / "model.pt")
+    info = mlflow.models.get_model_info("models:/oasis-gen-vqvae/1")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 32, 32]
+    model = mlflow.pytorch.load_model("models:/oasis-gen-vqvae/1")
+    slice_file = sorted((trained["data"] / "keras_png_slices_test").glob("*.png"))[0]
+    image = decode_intensity(eval_transforms(32)({"image": str(slice_file)})["image"])[None].float()
+    network, _ = load_vqvae(trained["out"] / "checkpoints" / "model.pt")
+    with torch.no_grad():
+        expected = network(image)[0].clamp(0, 1)
+        assert torch.equal(model(image), expected)  # exactly the checkpoint's reconstruction
 
 
 def test_evaluation_writes_one_row_per_test_slice(trained):
@@ -102,6 +136,7 @@ def test_evaluation_writes_one_row_per_test_slice(trained):
     evaluation = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
     assert len(evaluation) == 1
     assert evaluation[0].data.metrics["ssim_mean"] == pytest.approx(summary["ssim"]["mean"], abs=1e-5)
+    assert evaluation[0].data.params["vqvae_model_version"] == "oasis-gen-vqvae/1"  # the model it evaluated
     logged = [a.path for a in client.list_artifacts(evaluation[0].info.run_id, "evaluation")]
     assert "evaluation/per_image.csv" in logged
 

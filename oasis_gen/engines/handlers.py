@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from monai.handlers import MLFlowHandler
 from torch import nn
 
 from oasis_gen.engines.distributed import all_reduce_sum, rank_zero_decides
+from oasis_gen.errors import CheckpointError
 from oasis_gen.files import write_text
 from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.threads import sampling_threads
+from oasis_gen.tracking import log_model
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +264,18 @@ def log_artifact(run_handler: MLFlowHandler | None, path: str | Path, artifact_p
         run_handler.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
+def log_picture(run_handler: MLFlowHandler | None, path: str | Path, picture: np.ndarray, key: str,
+                step: int) -> None:
+    """Log a picture saved at ``path`` to the run of an MLFlowHandler, if tracking is on: as the artifact
+    ``<key>/<file name>`` (a stable path to download) and as the image ``key`` at ``step`` (``log_image``), so
+    that the MLflow UI's image view steps through the epochs."""
+    run_id = run_id_of(run_handler)
+    if run_id is None:
+        return
+    log_artifact(run_handler, path, artifact_path=key, run_id=run_id)
+    run_handler.client.log_image(run_id, np.ascontiguousarray(picture), key=key, step=int(step))
+
+
 class ReconstructionPictures:
     """After each evaluation, save a grid of original | reconstruction | difference and log it to MLflow."""
 
@@ -299,8 +313,9 @@ class ReconstructionPictures:
         if not self.originals:
             return
         path = self.output_dir / "pictures" / f"{self.name}_epoch{engine.state.epoch:03d}.png"
-        save_png(reconstruction_grid(self.originals, self.reconstructions), path)
-        log_artifact(self.run_handler, path, artifact_path=self.name)
+        picture = reconstruction_grid(self.originals, self.reconstructions)
+        save_png(picture, path)
+        log_picture(self.run_handler, path, picture, self.name, engine.state.epoch)
 
 
 class RunRecorder:
@@ -314,11 +329,22 @@ class RunRecorder:
             to change a param).
         tags: tags set on the run (git commit, stage, ...).
         artifacts: files logged when the engine completes (e.g. the best checkpoint), if they exist.
+        model: builds the trained network to log as an MLflow model when the engine completes (e.g. from the best
+            checkpoint); None: no model is logged.
+        model_checkpoint: the checkpoint ``model`` is built from (its SHA-256 tags the registered version).
+        model_example: an input of ``model`` for its signature and input example.
+        registered_model_name: the model registry name the model is registered under (None: not registered).
+        tracking_uri: the store of the run (where the model and its registered version go).
+        model_name: the logged model's name in the run (not ``model``: the run's ``model/`` artifacts hold the
+            checkpoint).
     """
 
     def __init__(self, run_handler: MLFlowHandler | None, output_dir: str | Path, config: Mapping[str, Any],
                  params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-                 artifacts: Sequence[str | Path] = ()):
+                 artifacts: Sequence[str | Path] = (), model: Callable[[], torch.nn.Module] | None = None,
+                 model_example: Any = None, registered_model_name: str | None = None,
+                 tracking_uri: str | None = None, model_checkpoint: str | Path | None = None,
+                 model_name: str = "network"):
         self.run_handler = run_handler
         self.output_dir = Path(output_dir)
         self.config = dict(config)
@@ -326,6 +352,11 @@ class RunRecorder:
         self.run_id: str | None = None
         self.tags = dict(tags or {})
         self.artifacts = [Path(a) for a in artifacts]
+        self.model, self.model_example = model, model_example
+        self.registered_model_name = registered_model_name or None
+        self.tracking_uri = tracking_uri
+        self.model_checkpoint = model_checkpoint
+        self.model_name = model_name
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -354,6 +385,18 @@ class RunRecorder:
         # the MLFlowHandler may already have closed its run (it forgets it then): use the id kept at start
         for path in self.artifacts:
             log_artifact(self.run_handler, path, artifact_path="model", run_id=self.run_id)
+        if self.model is not None and self.run_id is not None:
+            try:
+                network = self.model()
+            except CheckpointError as err:  # e.g. no validation ran, so no best checkpoint was saved
+                logger.warning("no MLflow model logged: %s", err)
+                return
+            info = log_model(self.tracking_uri, self.run_id, network, self.model_example, name=self.model_name,
+                             registered_model_name=self.registered_model_name, checkpoint=self.model_checkpoint,
+                             description=f"trained by MLflow run {self.run_id} ({self.output_dir})")
+            version = f" as {self.registered_model_name} version {info.registered_model_version}" \
+                if self.registered_model_name else ""
+            logger.info("logged the trained network as an MLflow model (%s)%s", info.model_uri, version)
 
 
 def _plain(value: Any) -> Any:
@@ -518,8 +561,9 @@ class PriorSamples:
         images, codes = self.draw()
         num_embeddings = int(unwrap(self.prior).num_embeddings)
         path = self.output_dir / "pictures" / f"{self.name}_epoch{engine.state.epoch:03d}.png"
-        save_png(samples_grid(images, codes, num_embeddings, self.columns), path)
-        log_artifact(self.run_handler, path, artifact_path=self.name)
+        picture = samples_grid(images, codes, num_embeddings, self.columns)
+        save_png(picture, path)
+        log_picture(self.run_handler, path, picture, self.name, engine.state.epoch)
         logger.info("%d prior samples drawn at temperature %g: %s", self.num_samples, self.temperature, path)
 
 

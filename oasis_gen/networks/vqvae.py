@@ -163,6 +163,26 @@ def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQ
     return load_network(path, vqvae_from_spec, "VQ-VAE", "num_downsamplings", device)
 
 
+class VQVAEReconstruction(torch.nn.Module):
+    """
+    A VQ-VAE as an image-to-image network: ``forward(images)`` returns the reconstruction alone, clamped to [0, 1]
+    as inference writes it. MONAI's ``verify_net_in_out`` and an MLflow model signature expect one output tensor;
+    the VQ-VAE itself also returns its quantization loss.
+
+    Args:
+        vqvae: a VQ-VAE of one or two levels (:func:`vqvae_from_spec`).
+    """
+
+    def __init__(self, vqvae: torch.nn.Module):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions ``[N, 1, H, W]`` of images ``[N, 1, H, W]`` in [0, 1]."""
+        output = self.vqvae(images)
+        return (output[0] if isinstance(output, tuple) else output).clamp(0.0, 1.0)
+
+
 def named_quantizers(network: torch.nn.Module) -> dict[str, EMAQuantizer]:
     """
     The EMA quantizers of a VQ-VAE (unwrapped from DDP) by level name: ``{"": q}`` for one level,
