@@ -47,7 +47,8 @@ class BundleCommand:
 _DATA_DIR = Option("DATA_DIR", "dataset_dir", str, "dataset root: OASIS slice folders, train/validate/test folders, "
                                                    "a flat folder or volumes (default: the demo cohort in data/demo)")
 _COMMON = (
-    Option("--tracking-uri", "tracking_uri", str, "MLflow store: folder, .db file or server URL (default mlruns)"),
+    Option("--tracking-uri", "tracking_uri", str,
+           "MLflow store: folder, .db file or server URL (default $MLFLOW_TRACKING_URI, else mlruns)"),
     Option("--experiment-name", "experiment_name", str, "MLflow experiment (default oasis-gen)"),
 )
 BUNDLE_COMMANDS = (
@@ -174,11 +175,24 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_export(args: argparse.Namespace) -> int:
+    """Write a trained VQ-VAE (and its priors) as a MONAI bundle folder and zip."""
+    from oasis_gen.export import export_bundle
+
+    out = export_bundle(args.out, args.vqvae_ckpt, args.prior_ckpt, args.top_prior_ckpt, name=args.name,
+                        zip_file=not args.no_zip)
+    print(f"bundle: {out}" + ("" if args.no_zip else f"  (and {out}.zip)"))
+    print(f"run it: python -m monai.bundle run inferring --bundle_root {out} --config_file "
+          f"{out}/configs/inference.yaml --input SCANS")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI on the project's store until interrupted."""
     from oasis_gen.ui import start_mlflow_ui, stop_mlflow_ui
 
-    print(f"starting the MLflow UI on {args.store or 'mlruns'} ...", flush=True)
+    print(f"starting the MLflow UI on {args.store or os.environ.get('MLFLOW_TRACKING_URI') or 'mlruns'} ...",
+          flush=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     server = None
     try:
@@ -282,11 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="say what would run and why, run nothing")
     run.set_defaults(func=cmd_pipeline_run)
 
+    bundle = commands.add_parser("bundle", help="export a trained model as a MONAI bundle",
+                                 epilog="example:\n  oasis-gen bundle export --vqvae-ckpt runs/demo/vqvae/checkpoints/"
+                                        "model.pt --prior-ckpt runs/demo/prior/checkpoints/model.pt bundles/demo",
+                                 formatter_class=_HelpFormatter)
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    export = bundle_commands.add_parser(
+        "export", help="write a self-contained MONAI bundle folder (and zip) of a trained VQ-VAE and its priors",
+        formatter_class=_HelpFormatter,
+        description="Write OUT/ in MONAI model-zoo form (configs/, models/, docs/, LICENSE) and OUT.zip. Its paths "
+                    "start from bundle_root, so it runs elsewhere with the project installed: python -m monai.bundle "
+                    "run inferring --bundle_root OUT --config_file OUT/configs/inference.yaml --input SCANS.")
+    export.add_argument("out", help="the bundle folder to create (must not exist, or be empty)")
+    export.add_argument("--vqvae-ckpt", required=True, help="the trained VQ-VAE (its checkpoints/model.pt)")
+    export.add_argument("--prior-ckpt", default=None, help="a prior of its codes (two levels: the bottom prior)")
+    export.add_argument("--top-prior-ckpt", default=None,
+                        help="two levels: the top prior (default: the one the bottom prior records)")
+    export.add_argument("--name", default="oasis_gen_vqvae", help="the bundle's name (default oasis_gen_vqvae)")
+    export.add_argument("--no-zip", action="store_true", help="write the folder only")
+    export.set_defaults(func=cmd_bundle_export)
+
     ui = commands.add_parser("ui", help="serve the MLflow UI on the project's store",
                              epilog="example:\n  oasis-gen ui            # then open http://127.0.0.1:5000\n"
                                     "  oasis-gen ui --store runs/other/mlruns --port 5001",
                              formatter_class=_HelpFormatter)
-    ui.add_argument("--store", default=None, help="MLflow store: a folder, a .db file or a URI (default mlruns)")
+    ui.add_argument("--store", default=None,
+                    help="MLflow store: a folder, a .db file or a URI (default $MLFLOW_TRACKING_URI, else mlruns)")
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.add_argument("--workers", type=int, default=1, help="server processes (default 1)")

@@ -1,5 +1,5 @@
-"""Where runs go and how often they log: ``MLFLOW_TRACKING_URI`` is honoured by every run of the project (``--tracking_uri``
-still wins), and MONAI's own ``--tracking mlflow`` switch neither fails nor logs anything twice."""
+"""Where runs go and how often they log: ``MLFLOW_TRACKING_URI`` is honoured by every run of the project
+(``--tracking_uri`` still wins), and MONAI's own ``--tracking mlflow`` switch neither fails nor logs anything twice."""
 
 from __future__ import annotations
 
