@@ -35,12 +35,26 @@ def test_the_training_config_has_monais_train_properties(tmp_path):
     assert reconstruction.shape == images.shape
 
 
-def test_the_evaluation_config_has_monais_inference_properties(tmp_path):
-    data = write_oasis_slices(tmp_path / "data", size=32)
+def tiny_checkpoint(tmp_path: Path) -> Path:
     spec = vqvae_spec(image_size=32, num_downsamplings=2, channels=[8, 16], num_embeddings=16, embedding_dim=8)
     checkpoint = tmp_path / "vqvae" / "checkpoints" / "model.pt"
     checkpoint.parent.mkdir(parents=True)
     torch.save({"model": vqvae_from_spec(spec).state_dict(), "spec": spec.state_dict()}, checkpoint)
+    return checkpoint
+
+
+def test_the_prior_training_config_has_monais_train_properties(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", size=32)
+    flow = workflow("train_prior.yaml", "train", dataset_dir=str(data), vqvae_ckpt=str(tiny_checkpoint(tmp_path)),
+                    output_dir=str(tmp_path / "prior"), tracking_uri=str(tmp_path / "mlruns"), channels=8,
+                    num_layers=2, batch_size=4, progress=False)
+    assert flow.check_properties() == []
+    assert len(flow.train_dataset) == 12 and flow.train_dataset[0]["codes"].shape == (8, 8)
+
+
+def test_the_evaluation_config_has_monais_inference_properties(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", size=32)
+    tiny_checkpoint(tmp_path)
     flow = workflow("evaluate.yaml", "infer", dataset_dir=str(data), output_dir=str(tmp_path / "vqvae"),
                     tracking_uri=str(tmp_path / "mlruns"), progress=False)
     assert flow.check_properties() == []
