@@ -112,7 +112,8 @@ def shown(tmp_path_factory) -> Shown:
     experiment = client.get_experiment_by_name("oasis-gen")
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'vqvae'")
     assert len(runs) == 1 and "val_ssim" in runs[0].data.metrics
-    pictures = logged_pictures(uri, runs[0].info.run_id)
+    # the per-epoch picture files (the same pictures logged with a step live under images/, for the image view)
+    pictures = [path for path in logged_pictures(uri, runs[0].info.run_id) if not path.startswith("images/")]
     assert pictures, "the run logged no picture"
     picture_file = Path(client.download_artifacts(runs[0].info.run_id, pictures[0], str(store.parent / "dl")))
     return Shown(store, experiment.name, experiment.experiment_id, runs[0], pictures[0], picture_file)
@@ -135,6 +136,15 @@ def ui(shown, tmp_path_factory):
 def browser():
     with HeadlessChromium(require_chromium(), 1400, 1000, timeout=60) as chromium:
         yield chromium
+
+
+def test_the_model_registry_shows_the_trained_vqvae(browser, ui, shown):
+    versions = MlflowClient(resolve_tracking_uri(str(shown.store))).search_model_versions("name='oasis-gen-vqvae'")
+    assert [v.run_id for v in versions] == [shown.run_id]
+    browser.open(f"{ui}/#/models")
+    browser.wait_for_text("oasis-gen-vqvae")
+    browser.open(f"{ui}/#/models/oasis-gen-vqvae")
+    browser.wait_for_text("Version 1")
 
 
 def test_experiment_list_leads_to_the_run(browser, ui, shown):

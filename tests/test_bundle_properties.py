@@ -1,0 +1,63 @@
+"""The workflow properties MONAI's tools look for (``ConfigWorkflow.check_properties``: MONAI Label, Deploy, FL,
+``create_workflow``) are present in the training and evaluation configs, and resolve to working objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, write_oasis_slices
+from monai.bundle import ConfigWorkflow
+
+from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+
+pytestmark = pytest.mark.slow
+TINY = {"image_size": 32, "batch_size": 4, "channels": [8, 16], "num_embeddings": 16, "embedding_dim": 8,
+        "top_downsamplings": 0, "top_num_embeddings": None, "progress": False}
+
+
+def workflow(config: str, kind: str, **overrides: object) -> ConfigWorkflow:
+    flow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=kind, **overrides)
+    flow.initialize()
+    return flow
+
+
+def test_the_training_config_has_monais_train_properties(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", size=32)
+    flow = workflow("train.yaml", "train", dataset_dir=str(data), output_dir=str(tmp_path / "out"),
+                    tracking_uri=str(tmp_path / "mlruns"), **TINY)
+    assert flow.check_properties() == []
+    assert Path(flow.bundle_root) == CONFIGS.parent
+    assert flow.max_epochs == 30 and len(flow.train_dataset) == 12
+    images = torch.rand(2, 1, 32, 32)
+    reconstruction, _ = flow.train_inferer(images, flow.parser.get_parsed_content("network"))
+    assert reconstruction.shape == images.shape
+
+
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    spec = vqvae_spec(image_size=32, num_downsamplings=2, channels=[8, 16], num_embeddings=16, embedding_dim=8)
+    checkpoint = tmp_path / "vqvae" / "checkpoints" / "model.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": vqvae_from_spec(spec).state_dict(), "spec": spec.state_dict()}, checkpoint)
+    return checkpoint
+
+
+def test_the_prior_training_config_has_monais_train_properties(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", size=32)
+    flow = workflow("train_prior.yaml", "train", dataset_dir=str(data), vqvae_ckpt=str(tiny_checkpoint(tmp_path)),
+                    output_dir=str(tmp_path / "prior"), tracking_uri=str(tmp_path / "mlruns"), channels=8,
+                    num_layers=2, batch_size=4, progress=False)
+    assert flow.check_properties() == []
+    assert len(flow.train_dataset) == 12 and flow.train_dataset[0]["codes"].shape == (8, 8)
+
+
+def test_the_evaluation_config_has_monais_inference_properties(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", size=32)
+    tiny_checkpoint(tmp_path)
+    flow = workflow("evaluate.yaml", "infer", dataset_dir=str(data), output_dir=str(tmp_path / "vqvae"),
+                    tracking_uri=str(tmp_path / "mlruns"), progress=False)
+    assert flow.check_properties() == []
+    assert len(flow.dataset) == 6 and flow.evaluator.network is flow.network_def
+    reconstruction = flow.inferer(torch.rand(1, 1, 32, 32), flow.network_def)
+    assert reconstruction.shape == (1, 1, 32, 32)
