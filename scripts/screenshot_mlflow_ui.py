@@ -256,13 +256,14 @@ def picture_shown(browser: HeadlessChromium, alt: str) -> tuple[int, int]:
 
 
 def show_metric_charts(browser: HeadlessChromium, url: str, experiment_id: str, run_id: str,
-                       metrics: Sequence[str], search: str = "") -> int:
+                       metrics: Sequence[str], search: str = "", cards: int = 0) -> int:
     """Open a run's metric charts with ``search`` in their search box, and wait until the charts of ``metrics`` (the
-    run's metrics that match it) are drawn; return how many charts the page drew."""
+    run's metrics that match it) are drawn; return how many charts the page drew. ``cards``: other cards the page
+    counts among them (images logged with a step have one each)."""
     browser.open(run_url(url, experiment_id, run_id, "model-metrics"))
     browser.wait_for(f"!!document.querySelector({json.dumps(CHART_SEARCH)})", "the chart search box")
     browser.type_into(CHART_SEARCH, search)  # the UI keeps the last search of an experiment: replace it
-    counted = f"Model metrics ({len(metrics)})"
+    counted = f"Model metrics ({len(metrics) + cards})"
     browser.wait_for(f"(() => {{ const t = document.body.innerText.replace(/\\s+/g, ' ');"
                      f" return t.includes({json.dumps(counted)})"
                      f" && {json.dumps(list(metrics)[:6])}.every(m => t.includes(m)); }})()",  # the first six, by name
@@ -283,14 +284,15 @@ def tidy_for_screenshot(browser: HeadlessChromium) -> None:
 
 
 def take_screenshots(browser: HeadlessChromium, url: str, run: Any, picture: str | None, out_dir: str | Path,
-                     search: str = "val_") -> list[Path]:
-    """Write ``mlflow_ui.png`` (a run's metric charts) and ``mlflow_ui_artifacts.png`` (one of its pictures)."""
+                     search: str = "val_", cards: int = 1) -> list[Path]:
+    """Write ``mlflow_ui.png`` (a run's metric charts) and ``mlflow_ui_artifacts.png`` (one of its pictures).
+    ``cards``: images the run logged with a step (each has a card among the metric charts)."""
     experiment_id, run_id = run.info.experiment_id, run.info.run_id
     out = Path(out_dir)
     matching = sorted(name for name in run.data.metrics if search in name)
     if not matching:
         search, matching = "", sorted(run.data.metrics)
-    show_metric_charts(browser, url, experiment_id, run_id, matching, search)
+    show_metric_charts(browser, url, experiment_id, run_id, matching, search, cards)
     tidy_for_screenshot(browser)
     written = [browser.screenshot(out / "mlflow_ui.png")]
     if picture:

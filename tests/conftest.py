@@ -91,7 +91,7 @@ def tiny_vqvae_overrides(data: Path, out: Path, store: Path, **extra: object) ->
     ``top_downsamplings`` and ``top_num_embeddings`` for two levels)."""
     values = {"dataset_dir": data, "output_dir": out, "tracking_uri": store, "image_size": 32, "batch_size": 4,
               "channels": "[8,16]", "num_embeddings": 16, "embedding_dim": 8, "top_downsamplings": 0,
-              "top_num_embeddings": "null", "progress": "False", "log_every": 1, **extra}
+              "top_num_embeddings": "null", "progress": "False", "log_every": 1, "mlflow_model": "False", **extra}
     return overrides(**values)
 
 

@@ -32,7 +32,7 @@ def trained(tiny_data, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("run")
     out, store = work / "out", work / "mlruns"
     result = bundle("run", "training", "--config_file", TRAIN,
-                    *tiny_overrides(tiny_data, out, store, max_epochs=2, log_every=2))
+                    *tiny_overrides(tiny_data, out, store, max_epochs=2, log_every=2, mlflow_model=True))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "store": store, "result": result, "data": tiny_data}
 
