@@ -12,7 +12,6 @@ from typing import Any
 
 import oasis_gen
 from oasis_gen.files import write_text
-from oasis_gen.networks.spec import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +192,8 @@ def log_model(
             if description:
                 client.update_model_version(registered_model_name, version, description=description)
             if checkpoint is not None:
+                from oasis_gen.networks.spec import file_sha256
+
                 client.set_model_version_tag(registered_model_name, version, CHECKPOINT_TAG, file_sha256(checkpoint))
     finally:
         mlflow.set_tracking_uri(previous)
@@ -207,6 +208,8 @@ def registered_versions(tracking_uri: str | None, checkpoint: str | Path | None)
         return None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from oasis_gen.networks.spec import file_sha256  # here: torch is not loaded for the CLI and the pipelines
 
     digest = file_sha256(checkpoint)
     try:

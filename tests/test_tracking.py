@@ -60,3 +60,14 @@ def test_a_training_run_goes_to_the_environments_store_and_tracking_mlflow_logs_
         steps = Counter(metric.step for metric in client.get_metric_history(run.info.run_id, key))
         assert steps and max(steps.values()) == 1, (key, steps)  # each step logged once
     assert len(client.get_metric_history(run.info.run_id, "val_ssim")) == 2  # one per epoch
+
+
+def test_the_command_line_and_the_pipelines_start_without_torch():
+    # torch takes seconds to import: the CLI and the pipeline runner (which start every stage) must not pay for it
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, oasis_gen.cli, oasis_gen.pipeline_runner, oasis_gen.ui; "
+                                                 "print('torch' in sys.modules)"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
