@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,27 @@ def model_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", *kept]
 
 
+@contextlib.contextmanager
+def fluent_store(tracking_uri: str | None) -> Iterator[str]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.pytorch.load_model("models:/...")``) at a store for
+    the duration of a block, and leave the process as it was afterwards.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` for subprocesses to inherit; left behind, it would
+    send every later run of the process's children (and MONAI's handlers, which prefer the variable) to this store.
+    """
+    import mlflow
+
+    saved = os.environ.get(TRACKING_URI_ENV)
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(None)  # MLflow's unset state (it also removes the variable) ...
+        if saved is not None:
+            os.environ[TRACKING_URI_ENV] = saved  # ... and the variable as it was
+
+
 def log_model(
     tracking_uri: str | None,
     run_id: str,
@@ -179,9 +201,7 @@ def log_model(
     signature = infer_signature(example.numpy(), output.numpy())
     requirements = model_requirements()
     uri = resolve_tracking_uri(tracking_uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_store(uri):
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(network, name=name, signature=signature, input_example=example.numpy(),
                                             code_paths=[str(Path(oasis_gen.__file__).resolve().parent)],
@@ -195,8 +215,6 @@ def log_model(
                 from oasis_gen.networks.spec import file_sha256
 
                 client.set_model_version_tag(registered_model_name, version, CHECKPOINT_TAG, file_sha256(checkpoint))
-    finally:
-        mlflow.set_tracking_uri(previous)
     return info
 
 

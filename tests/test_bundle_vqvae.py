@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,24 +93,25 @@ def test_training_run_is_recorded_in_mlflow(trained):
     assert Image.open(picture).size[0] == 3 * 32 + 2 * 2  # original | reconstruction | difference
 
 
-def test_the_trained_vqvae_is_a_registered_mlflow_model_that_reconstructs_as_the_checkpoint(trained, request):
+def test_the_trained_vqvae_is_a_registered_mlflow_model_that_reconstructs_as_the_checkpoint(trained):
     import mlflow
     import mlflow.pytorch
 
     from oasis_gen.data import decode_intensity, eval_transforms
     from oasis_gen.networks.spec import file_sha256
     from oasis_gen.networks.vqvae import load_vqvae
+    from oasis_gen.tracking import fluent_store
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{trained['store'] / 'mlflow.db'}")
-    request.addfinalizer(lambda: mlflow.set_tracking_uri(previous))
     client, runs = runs_of(trained["store"])
     [version] = client.search_model_versions("name='oasis-gen-vqvae'")
     assert str(version.version) == "1" and version.run_id == runs[0].info.run_id
     assert version.tags["checkpoint_sha256"] == file_sha256(trained["out"] / "checkpoints" / "model.pt")
-    info = mlflow.models.get_model_info("models:/oasis-gen-vqvae/1")
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    with fluent_store(str(trained["store"])):
+        info = mlflow.models.get_model_info("models:/oasis-gen-vqvae/1")
+        model = mlflow.pytorch.load_model("models:/oasis-gen-vqvae/1")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment  # the process is left as it was
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 32, 32]
-    model = mlflow.pytorch.load_model("models:/oasis-gen-vqvae/1")
     slice_file = sorted((trained["data"] / "keras_png_slices_test").glob("*.png"))[0]
     image = decode_intensity(eval_transforms(32)({"image": str(slice_file)})["image"])[None].float()
     network, _ = load_vqvae(trained["out"] / "checkpoints" / "model.pt")
