@@ -104,24 +104,25 @@ def run_name(output_dir: str | Path, stage: str, *details: Any, resume: bool = F
     return name
 
 
-def single_mlflow_handler(handlers: Sequence[Any]) -> list[Any]:
-    """An engine's handlers with only the first ``MLFlowHandler`` (the project's own).
+def single_mlflow_handler(handlers: Sequence[Any], keep: int = 1) -> list[Any]:
+    """An engine's handlers with only the first ``keep`` ``MLFlowHandler``s (the project's own).
 
-    The bundle configs log to MLflow themselves. MONAI's ``--tracking mlflow`` appends a second ``MLFlowHandler`` to
-    the same handler lists, with the config's own store and run name, which would log every figure twice into the
-    same run; it is left out here (with a log line), so that the switch neither fails nor doubles anything.
+    The bundle configs log to MLflow themselves (with their own handler, or with :func:`log_run` at the end:
+    ``keep=0``). MONAI's ``--tracking mlflow`` appends another ``MLFlowHandler`` to the same handler lists, with the
+    config's own store and run name, which would log every figure twice; it is left out here (with a log line), so
+    that the switch neither fails nor doubles anything.
     """
     from monai.handlers import MLFlowHandler
 
     kept: list[Any] = []
-    seen = False
+    seen = 0
     for handler in handlers:
         if isinstance(handler, MLFlowHandler):
-            if seen:
+            if seen >= keep:
                 logger.info("MLflow tracking is built into this config: the MLFlowHandler added by --tracking is "
                             "left out, so nothing is logged twice")
                 continue
-            seen = True
+            seen += 1
         kept.append(handler)
     return kept
 
@@ -195,7 +196,7 @@ def log_model(
     from mlflow.models import infer_signature
 
     network = network.eval()
-    example = torch.as_tensor(example).float()
+    example = torch.as_tensor(example)
     with torch.no_grad():
         output = network(example)
     signature = infer_signature(example.numpy(), output.numpy())

@@ -99,7 +99,7 @@ def tiny_prior_overrides(data: Path, vqvae: Path, out: Path, store: Path, **extr
     """Overrides that make train_prior.yaml train a tiny Gated PixelCNN (8 channels, 2 layers) for one epoch."""
     values = {"dataset_dir": data, "vqvae_ckpt": vqvae, "output_dir": out, "tracking_uri": store, "channels": 8,
               "num_layers": 2, "batch_size": 4, "max_epochs": 1, "num_pictures": 2, "progress": "False",
-              "log_every": 1, **extra}
+              "log_every": 1, "mlflow_model": "False", **extra}
     return overrides(**values)
 
 

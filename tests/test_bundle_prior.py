@@ -29,6 +29,7 @@ from oasis_gen.generation.codes import class_count, code_datasets, encode_codes,
 from oasis_gen.generation.pair import check_resume
 from oasis_gen.metrics import CodeAccuracy, CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
+from oasis_gen.networks.pixelcnn_inferer import PriorCodeBits, VQVAEPixelCNNInferer
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
@@ -58,7 +59,7 @@ def prior_run(tiny_data, vqvae_ckpt, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("prior")
     out, store = work / "out", work / "mlruns"
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, store))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, store, mlflow_model=True))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "store": store, "result": result}
 
@@ -111,6 +112,26 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
 
     picture = Image.open(prior_run["out"] / "pictures" / "samples_epoch001.png")
     assert picture.size == (2 * 32 + 2, 2 * 32 + 2)  # 2 samples, their code maps below
+
+
+@pytest.mark.slow
+def test_the_trained_prior_is_a_registered_mlflow_model_that_scores_as_the_checkpoint(prior_run):
+    import mlflow.pytorch
+
+    from oasis_gen.tracking import CHECKPOINT_TAG, fluent_store
+
+    uri = f"sqlite:///{prior_run['store'] / 'mlflow.db'}"
+    checkpoint = prior_run["out"] / "checkpoints" / "model.pt"
+    [version] = MlflowClient(uri).search_model_versions("name = 'oasis-gen-prior'")
+    assert str(version.version) == "1" and version.tags[CHECKPOINT_TAG] == file_sha256(checkpoint)
+    with fluent_store(uri):
+        model = mlflow.pytorch.load_model("models:/oasis-gen-prior/1")
+    codes = torch.load(prior_run["out"] / "codes" / "codes_validate.pt", weights_only=True)["codes"].long()
+    prior, _ = load_pixelcnn(checkpoint)
+    expected = VQVAEPixelCNNInferer().get_likelihood(codes, None, prior, quantized=True)
+    with torch.no_grad():
+        got = model(codes[:, None])  # one plane: the codes of an unconditional prior
+    assert got.shape == (4, 8, 8) and torch.equal(got, expected)
 
 
 @pytest.mark.slow
@@ -287,3 +308,18 @@ def test_prior_spec_and_resume_checks_name_what_is_wrong(tmp_path):
         check_resume(saved, vq_file, spec)
     torch.save({"model": {}, "spec": spec.state_dict()}, saved)
     check_resume(saved, vq_file, spec)
+
+
+def test_prior_code_bits_reads_the_conditions_from_its_planes():
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(num_embeddings=16, channels=8, num_layers=2, num_classes=3, cond_num_embeddings=4,
+                          cond_factor=2).eval()
+    codes, top, labels = torch.randint(0, 16, (2, 8, 8)), torch.randint(0, 4, (2, 4, 4)), torch.tensor([0, 2])
+    planes = torch.stack([codes, labels[:, None, None].expand(2, 8, 8),
+                          top.repeat_interleave(2, 1).repeat_interleave(2, 2)], dim=1)
+    assert PriorCodeBits.planes(prior) == 3
+    expected = VQVAEPixelCNNInferer().get_likelihood(codes, None, prior, labels, quantized=True, cond=top)
+    torch.testing.assert_close(PriorCodeBits(prior)(planes), expected)
+    other = planes.clone()
+    other[:, 1] = 1  # another slice position changes the bits
+    assert not torch.allclose(PriorCodeBits(prior)(other), expected)

@@ -112,12 +112,13 @@ def test_the_trained_vqvae_is_a_registered_mlflow_model_that_reconstructs_as_the
         model = mlflow.pytorch.load_model("models:/oasis-gen-vqvae/1")
     assert os.environ.get("MLFLOW_TRACKING_URI") == environment  # the process is left as it was
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 32, 32]
-    slice_file = sorted((trained["data"] / "keras_png_slices_test").glob("*.png"))[0]
-    image = decode_intensity(eval_transforms(32)({"image": str(slice_file)})["image"])[None].float()
+    slice_files = sorted((trained["data"] / "keras_png_slices_test").glob("*.png"))[:3]
+    images = torch.stack([decode_intensity(eval_transforms(32)({"image": str(f)})["image"]) for f in slice_files])
     network, _ = load_vqvae(trained["out"] / "checkpoints" / "model.pt")
     with torch.no_grad():
-        expected = network(image)[0].clamp(0, 1)
-        assert torch.equal(model(image), expected)  # exactly the checkpoint's reconstruction
+        # exactly the checkpoint's reconstructions, of one slice or of a batch (the batch size is not fixed)
+        for batch in (images[:1].float(), images.float()):
+            assert torch.equal(model(batch), network(batch)[0].clamp(0, 1))
 
 
 def test_evaluation_writes_one_row_per_test_slice(trained):

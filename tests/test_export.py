@@ -32,7 +32,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def export(checkpoint: Path, target: Path, *extra: str):
-    return bundle("ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
+    return bundle("ckpt_export", "network_def", "--filepath", str(target), "--vqvae_ckpt", str(checkpoint),
+                  "--ckpt_file", str(checkpoint),
                   "--key_in_ckpt", "model", "--config_file", INFERENCE, "--meta_file", METADATA, *extra)
 
 
@@ -70,7 +71,7 @@ def test_export_carries_the_metadata_and_the_config(exported):
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1
     assert set(metadata["network_data_format"]["outputs"]) == {"pred", "quantization_loss"}
     config = json.loads(extra["inference.json"])
-    assert config["network_def"].startswith("$oasis_gen.networks.vqvae.load_vqvae")
+    assert config["network_def"]["_target_"] == "oasis_gen.networks.vqvae.vqvae_from_spec"
 
 
 def test_export_without_a_checkpoint_fails_with_one_clear_line(tmp_path):

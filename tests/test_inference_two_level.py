@@ -187,7 +187,8 @@ def test_a_two_level_vqvae_without_a_top_prior_stops_with_one_line(checkpoints, 
 @pytest.mark.slow
 def test_a_two_level_vqvae_exports_to_torchscript(checkpoints, tmp_path):
     target = tmp_path / "vqvae.ts"
-    result = bundle("ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoints["vqvae"]),
+    result = bundle("ckpt_export", "network_def", "--filepath", str(target), "--vqvae_ckpt", str(checkpoints["vqvae"]),
+                    "--ckpt_file", str(checkpoints["vqvae"]),
                     "--key_in_ckpt", "model", "--config_file", INFERENCE, "--meta_file", METADATA,
                     "--use_trace", "True", "--input_shape", "[1, 1, 32, 32]")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,8 +8,8 @@
     <out>/LICENSE
     <out>.zip (the same folder, zipped)
 
-The configs are the project's own with their file paths turned into ``@bundle_root`` paths and ``network_def``
-written out as the exported architecture (``_target_``), so that elsewhere, with the project installed,
+The configs are the project's own with their file paths turned into ``@bundle_root`` paths and ``network_def``'s
+architecture (``vqvae_spec``) written out, so that elsewhere, with the project installed,
 ``python -m monai.bundle run inferring --bundle_root B --config_file B/configs/inference.yaml --input SCANS`` runs.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import monai
 import numpy as np
 import torch
+from monai.networks.utils import convert_to_torchscript
 
 import oasis_gen
 from oasis_gen.bundles import configs_dir
@@ -61,12 +62,6 @@ def _bundle_path(name: str) -> str:
     return f"\"$@bundle_root + '/models/{name}'\""
 
 
-def _network_def(spec: ModelSpec) -> str:
-    """``network_def`` as a ``_target_`` component: the exported architecture, written out (flow style)."""
-    values = json.dumps(spec.state_dict(), sort_keys=True)
-    return "{_target_: oasis_gen.networks.vqvae.vqvae_from_spec, spec: " + values + "}"
-
-
 def _inference_config(spec: ModelSpec, has_prior: bool, two_level: bool) -> str:
     text = (configs_dir() / "inference.yaml").read_text()
     bundle_root = ('"."', "this bundle's folder: pass --bundle_root B when running from elsewhere")
@@ -77,8 +72,9 @@ def _inference_config(spec: ModelSpec, has_prior: bool, two_level: bool) -> str:
     text = set_config_value(text, "top_prior_ckpt", _bundle_path(TOP_PRIOR_FILE) if has_prior and two_level
                             else "null", "the exported top prior" if two_level else "")
     text = set_config_value(text, "inference_dir", "\"$@bundle_root + '/eval'\"", "outputs, as in MONAI's model zoo")
-    return set_config_value(text, "network_def", _network_def(spec),
-                            "the exported architecture; weights: ckpt_export --ckpt_file models/model.pt")
+    # network_def builds this architecture (written out: no checkpoint is read for it); its weights are models/model.pt
+    return set_config_value(text, "vqvae_spec", json.dumps(spec.state_dict(), sort_keys=True),
+                            "the exported architecture (network_def builds it)")
 
 
 def _evaluate_config() -> str:
@@ -216,11 +212,12 @@ For any other data, the terms of that data apply. Research use only; not for cli
 
 
 def _trace(vqvae: torch.nn.Module, size: int, metadata: dict[str, Any], path: Path) -> None:
-    """TorchScript of the VQ-VAE as image -> reconstruction (traced: MONAI's quantizer cannot be scripted)."""
+    """TorchScript of the VQ-VAE as image -> reconstruction, through MONAI's ``convert_to_torchscript`` (traced:
+    MONAI's quantizer cannot be scripted), checked against the network on the example (``verify``)."""
     network = VQVAEReconstruction(vqvae).eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(network, torch.rand(1, 1, size, size), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(metadata)})
+    convert_to_torchscript(network, str(path), extra_files={"metadata.json": json.dumps(metadata).encode()},
+                           verify=True, inputs=[torch.rand(1, 1, size, size)], use_trace=True, atol=1e-5,
+                           check_trace=False)
 
 
 def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str | Path | None = None,

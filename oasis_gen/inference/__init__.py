@@ -3,30 +3,37 @@ maps, per-slice SSIM/PSNR, the prior's atypicality map, pictures and a summary t
 
 - :mod:`~oasis_gen.inference.scans`: finding the scans, reading them as planes, the VQ-VAE's view of them;
 - :mod:`~oasis_gen.inference.models`: the VQ-VAE and a prior of its codes, per-code NLL in bits;
-- :mod:`~oasis_gen.inference.run`: batches through the networks, each scan's outputs, the summary;
+- :mod:`~oasis_gen.inference.run`: the MONAI evaluator over the scans (its data, inferer and iteration), each
+  scan's outputs, the summary;
 - :mod:`~oasis_gen.inference.writers` and :mod:`~oasis_gen.inference.figures`: files and pictures.
 """
 
 from oasis_gen.inference.models import (
     InferenceModels,
     code_nll_bits,
-    export_checkpoint,
     load_inference_models,
     typical_nll,
 )
 from oasis_gen.inference.run import (
+    CodesInferer,
     InferenceReport,
+    ScanInference,
     ScanResult,
     check_report,
     infer_scans,
+    inference_evaluator,
+    progress_handlers,
     run_artifacts,
     run_networks,
+    scan_groups,
+    scan_loader,
     write_summary,
 )
 from oasis_gen.inference.scans import ModelView, ScanFile, ScanPlanes, find_inputs, read_planes
 
 __all__ = [
-    "InferenceModels", "InferenceReport", "ModelView", "ScanFile", "ScanPlanes", "ScanResult", "check_report",
-    "code_nll_bits", "export_checkpoint", "find_inputs", "infer_scans", "load_inference_models", "read_planes",
-    "run_artifacts", "run_networks", "typical_nll", "write_summary",
+    "CodesInferer", "InferenceModels", "InferenceReport", "ModelView", "ScanFile", "ScanInference", "ScanPlanes",
+    "ScanResult", "check_report", "code_nll_bits", "find_inputs", "infer_scans",
+    "inference_evaluator", "load_inference_models", "progress_handlers", "read_planes", "run_artifacts",
+    "run_networks", "scan_groups", "scan_loader", "typical_nll", "write_summary",
 ]

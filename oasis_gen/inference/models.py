@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oasis_gen.bundle_checks import install_error_hook, optional
+from oasis_gen.bundle_checks import optional
 from oasis_gen.errors import ConfigError
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
@@ -35,7 +34,7 @@ from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceModels", "code_nll_bits", "export_checkpoint", "load_inference_models", "prior_label",
+__all__ = ["InferenceModels", "code_nll_bits", "load_inference_models", "prior_label",
            "typical_nll"]
 
 
@@ -95,25 +94,6 @@ class InferenceModels:
 
 def _architecture(spec: ModelSpec) -> dict[str, Any]:
     return {k: v for k, v in spec.state_dict().items() if k not in ("vqvae_checkpoint", "top_prior_checkpoint")}
-
-
-def export_checkpoint(default: str | Path) -> str:
-    """
-    The checkpoint a ``python -m monai.bundle ckpt_export ... --ckpt_file PATH`` command line exports, else
-    ``default``: the network is then rebuilt from the spec saved in the very file whose weights are exported.
-
-    ``ckpt_export`` runs no ``initialize`` section, so under it this also installs the hook that reports
-    oasis-gen's errors (a corrupt checkpoint) as one line.
-    """
-    argv = sys.argv
-    if "ckpt_export" in argv:
-        install_error_hook()
-        for position, token in enumerate(argv):
-            if token == "--ckpt_file" and position + 1 < len(argv):
-                return argv[position + 1]
-            if token.startswith("--ckpt_file="):
-                return token.split("=", 1)[1]
-    return str(default)
 
 
 def load_inference_models(

@@ -25,8 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ignite.handlers import ProgressBar
+from monai.data import DataLoader, Dataset
+from monai.data.utils import no_collation
+from monai.engines import SupervisedEvaluator
+from monai.inferers import Inferer
 from monai.metrics import PSNRMetric, SSIMMetric
-from tqdm.auto import tqdm
 
 from oasis_gen.bundle_checks import find_user_error
 from oasis_gen.errors import DataError
@@ -39,8 +43,9 @@ from oasis_gen.pictures import save_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceReport", "NetworkOutputs", "ScanResult", "check_report", "infer_scans", "run_artifacts",
-           "run_networks", "write_summary"]
+__all__ = ["CodesInferer", "InferenceReport", "NetworkOutputs", "ScanInference", "ScanResult", "check_report",
+           "infer_scans", "inference_evaluator", "progress_handlers", "run_artifacts", "run_networks", "scan_groups",
+           "scan_loader", "write_summary"]
 
 SUMMARY_COLUMNS = ("scan", "input", "kind", "slices", "ssim_mean", "psnr_mean", "atypicality_bits", "status",
                    "problem")
@@ -110,41 +115,59 @@ class NetworkOutputs:
     top_codes: torch.Tensor | None = None  # [N, t, t] int64, two-level VQ-VAE only
 
 
+class CodesInferer(Inferer):
+    """
+    A VQ-VAE's view of planes ``[N, 1, size, size]``: encoded, quantized and decoded in batches of ``batch_size``
+    (both levels of a two-level VQ-VAE), with mixed precision on CUDA when ``amp``.
+
+    Returns ``{"reconstructions": [N, 1, size, size] in [0, 1], "codes": [N, h, w] int64 (the bottom codes),
+    "top_codes": [N, t, t] int64 or None}`` on the CPU.
+    """
+
+    def __init__(self, batch_size: int = 32, amp: bool = False):
+        self.batch_size = max(int(batch_size), 1)
+        self.amp = bool(amp)
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any
+                 ) -> dict[str, torch.Tensor | None]:
+        device = next(network.parameters()).device
+        parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "top_codes": []}
+        with torch.inference_mode():
+            for start in range(0, inputs.shape[0], self.batch_size):
+                images = inputs[start:start + self.batch_size].to(device, non_blocking=True)
+                with torch.autocast("cuda", enabled=self.amp and device.type == "cuda"):
+                    codes = network.index_quantize(images)
+                    reconstructions = network.decode_samples(codes)
+                parts["reconstructions"].append(reconstructions.float().clamp_(0.0, 1.0).cpu())
+                if isinstance(codes, tuple):  # a two-level VQ-VAE: (top, bottom)
+                    parts["top_codes"].append(codes[0].long().cpu())
+                    codes = codes[1]
+                parts["codes"].append(codes.long().cpu())
+        return {key: torch.cat(values) if values else None for key, values in parts.items()}
+
+
 def run_networks(models: InferenceModels, inputs: torch.Tensor, labels: torch.Tensor | None = None,
-                 batch_size: int = 32, amp: bool = False) -> NetworkOutputs:
-    """Encode, quantize and decode planes ``[N, 1, size, size]`` in batches (both levels of a two-level VQ-VAE);
-    score them; prior NLL per (bottom) code."""
-    device = models.device
-    ssim_metric = SSIMMetric(spatial_dims=2, data_range=1.0)
-    psnr_metric = PSNRMetric(max_val=1.0)
-    autocast = bool(amp) and device.type == "cuda"
-    parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "ssim": [], "psnr": [],
-                                            "top_codes": []}
-    step = max(int(batch_size), 1)
-    with torch.inference_mode():
-        for start in range(0, inputs.shape[0], step):
-            images = inputs[start:start + step].to(device, non_blocking=True)
-            with torch.autocast("cuda", enabled=autocast):
-                codes = models.vqvae.index_quantize(images)
-                reconstructions = models.vqvae.decode_samples(codes)
-            reconstructions = reconstructions.float().clamp_(0.0, 1.0)
-            parts["ssim"].append(ssim_metric(reconstructions, images).flatten().cpu())
-            parts["psnr"].append(psnr_metric(reconstructions, images).flatten().cpu())
-            parts["reconstructions"].append(reconstructions.cpu())
-            if isinstance(codes, tuple):  # a two-level VQ-VAE: (top, bottom)
-                parts["top_codes"].append(codes[0].long().cpu())
-                codes = codes[1]
-            parts["codes"].append(codes.long().cpu())
-    joined = {key: torch.cat(values) if values else None for key, values in parts.items()}
+                 batch_size: int = 32, amp: bool = False, inferer: CodesInferer | None = None) -> NetworkOutputs:
+    """Encode, quantize and decode planes ``[N, 1, size, size]`` (with ``inferer``, by default a
+    :class:`CodesInferer` of ``batch_size`` and ``amp``); score them; prior NLL per (bottom) code."""
+    joined = (inferer or CodesInferer(batch_size, amp))(inputs, models.vqvae)
+    reconstructions = joined["reconstructions"]
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0)(reconstructions, inputs).flatten()
+    psnr = PSNRMetric(max_val=1.0)(reconstructions, inputs).flatten()
     bits = None
     if models.prior is not None:
         scored = joined["codes"] if joined["top_codes"] is None else (joined["top_codes"], joined["codes"])
         bits = code_nll_bits(models.prior, scored, labels, batch_size, amp)
-    return NetworkOutputs(bits=bits, **joined)
+    return NetworkOutputs(reconstructions, joined["codes"], ssim, psnr, bits, joined["top_codes"])
+
+
+def scan_groups(scans: Sequence[ScanFile], batch_size: int = 32) -> list[list[ScanFile]]:
+    """What one iteration of inference takes: each volume alone (its planes make the batches), slice files
+    together, up to ``batch_size`` of them."""
+    return list(_groups(scans, max(int(batch_size), 1)))
 
 
 def _groups(scans: Sequence[ScanFile], batch_size: int) -> Iterator[list[ScanFile]]:
-    """Each volume alone (its planes make the batches); slice files together, up to ``batch_size`` of them."""
     group: list[ScanFile] = []
     for scan in scans:
         if scan.kind == "volume":
@@ -178,21 +201,80 @@ def _failed(scan: ScanFile, error: Exception) -> ScanResult:
     return ScanResult(scan.name, str(scan.path), scan.kind, status="failed", problem=problem)
 
 
-@dataclass
-class _Settings:
-    """What every group of scans is processed with."""
+class ScanInference:
+    """
+    The inference evaluator's iteration (MONAI's ``iteration_update``): read a group of scans (from
+    :func:`scan_groups`), pass all their planes through the engine's network with its inferer (a
+    :class:`CodesInferer`) and the prior, and write each scan's outputs as soon as it is done. A bad scan is
+    reported (log line, result row) and skipped; the others go on. :meth:`report` gathers the results.
 
-    inference_dir: Path
-    models: InferenceModels
-    view: ModelView
-    slice_axis: int | str
-    min_brain_fraction: float
-    batch_size: int
-    amp: bool
-    fixed_label: int | None
-    slice_buckets: dict[Path, int]
-    montage_slices: int
-    comparison_slices: int
+    Args:
+        scans: every scan of the run (from :func:`oasis_gen.inference.scans.find_inputs`): the report's order and
+            the slice files' position buckets.
+        models: from :func:`oasis_gen.inference.models.load_inference_models`.
+        inference_dir: where each scan's folder goes.
+        slice_axis, min_brain_fraction: how volumes are cut, and which planes count in their scores.
+        batch_size: planes per pass through the networks (slice files are grouped by as many).
+        amp: mixed precision on CUDA.
+        label: a fixed slice-position bucket for a conditional prior (``None``: each plane's own).
+        montage_slices, comparison_slices: how many planes of a volume its pictures show.
+    """
+
+    def __init__(self, scans: Sequence[ScanFile], models: InferenceModels, inference_dir: str | Path,
+                 slice_axis: int | str = "axial", min_brain_fraction: float = 0.1, batch_size: int = 32,
+                 amp: bool = False, label: Any = None, montage_slices: int = 16, comparison_slices: int = 3):
+        self.scans = list(scans)
+        self.models = models
+        self.inference_dir = Path(inference_dir)
+        self.view = ModelView(models.image_size)
+        self.slice_axis = slice_axis
+        self.min_brain_fraction = float(min_brain_fraction)
+        self.batch_size = max(int(batch_size), 1)
+        self.amp = bool(amp)
+        self.fixed_label = prior_label(models.prior, label)
+        self.slice_buckets = scan_labels(self.scans, models.prior.num_classes if models.prior is not None else None)
+        self.montage_slices, self.comparison_slices = int(montage_slices), int(comparison_slices)
+        self.results: dict[Path, ScanResult] = {}
+        self.seconds = 0.0
+
+    def __call__(self, engine: Any, batch: Sequence[Sequence[ScanFile]]) -> dict[Path, ScanResult]:
+        started = time.perf_counter()
+        inferer = getattr(engine, "inferer", None) or CodesInferer(self.batch_size, self.amp)
+        done: dict[Path, ScanResult] = {}
+        for group in batch:  # one group per iteration: the data loader's batch size is 1
+            done.update(_process_group(self, group, inferer))
+        self.results.update(done)
+        self.seconds += time.perf_counter() - started
+        return done
+
+    def report(self) -> InferenceReport:
+        """Every scan's result in input order (scans not reached are left out), and the time spent on them."""
+        ordered = [self.results[s.path] for s in self.scans if s.path in self.results]
+        slices = sum(r.slices or 0 for r in ordered if r.status == "ok")
+        report = InferenceReport(ordered, self.seconds, slices, self.models.typical)
+        logger.info("inference: %d of %d scans done (%d slices) in %.1f s, %d skipped; results in %s",
+                    len(report.done), len(self.scans), report.slices, report.seconds, len(report.failed),
+                    self.inference_dir)
+        return report
+
+
+def scan_loader(scans: Sequence[ScanFile], batch_size: int = 32) -> DataLoader:
+    """The inference evaluator's data: a MONAI ``Dataset`` of :func:`scan_groups`, one group per iteration."""
+    return DataLoader(Dataset(scan_groups(scans, batch_size)), batch_size=1, collate_fn=no_collation)
+
+
+def progress_handlers(progress: bool = True) -> list:
+    """The inference evaluator's handlers: a progress bar over the groups of scans, if ``progress``."""
+    return [ProgressBar(desc="inference", persist=True)] if progress else []
+
+
+def inference_evaluator(step: ScanInference, progress: bool = True) -> SupervisedEvaluator:
+    """A MONAI ``SupervisedEvaluator`` over the step's scans (what ``inference.yaml``'s ``evaluator`` is): network
+    the VQ-VAE, inferer a :class:`CodesInferer`, iteration ``step``, a progress bar if ``progress``."""
+    return SupervisedEvaluator(
+        device=step.models.device, val_data_loader=scan_loader(step.scans, step.batch_size),
+        network=step.models.vqvae, inferer=CodesInferer(step.batch_size, step.amp), iteration_update=step,
+        val_handlers=progress_handlers(progress), decollate=False)
 
 
 def infer_scans(
@@ -222,27 +304,14 @@ def infer_scans(
         montage_slices, comparison_slices: how many planes of a volume its pictures show.
         progress: show a progress bar over scans.
     """
-    started = time.perf_counter()
-    classes = models.prior.num_classes if models.prior is not None else None
-    settings = _Settings(Path(inference_dir), models, ModelView(models.image_size), slice_axis,
-                         float(min_brain_fraction), max(int(batch_size), 1), bool(amp),
-                         prior_label(models.prior, label), scan_labels(list(scans), classes), int(montage_slices),
-                         int(comparison_slices))
-    results: dict[Path, ScanResult] = {}
-    bar = tqdm(total=len(scans), desc="inference", unit="scan", disable=not progress)
-    for group in _groups(scans, settings.batch_size):
-        results.update(_process_group(settings, group))
-        bar.update(len(group))
-    bar.close()
-    ordered = [results[s.path] for s in scans]
-    slices = sum(r.slices or 0 for r in ordered if r.status == "ok")
-    report = InferenceReport(ordered, time.perf_counter() - started, slices, models.typical)
-    logger.info("inference: %d of %d scans done (%d slices) in %.1f s, %d skipped; results in %s",
-                len(report.done), len(scans), report.slices, report.seconds, len(report.failed), inference_dir)
-    return report
+    step = ScanInference(scans, models, inference_dir, slice_axis, min_brain_fraction, batch_size, amp, label,
+                         montage_slices, comparison_slices)
+    inference_evaluator(step, progress).run()
+    return step.report()
 
 
-def _process_group(settings: _Settings, group: Sequence[ScanFile]) -> dict[Path, ScanResult]:
+def _process_group(settings: ScanInference, group: Sequence[ScanFile], inferer: CodesInferer
+                   ) -> dict[Path, ScanResult]:
     """Read a group of scans, pass all their planes through the networks together, write each scan's outputs."""
     results: dict[Path, ScanResult] = {}
     loaded: list[tuple[ScanPlanes, torch.Tensor, list]] = []
@@ -257,7 +326,7 @@ def _process_group(settings: _Settings, group: Sequence[ScanFile]) -> dict[Path,
     try:
         outputs = run_networks(settings.models, torch.cat([inputs for _, inputs, _ in loaded]),
                                _labels(settings, [planes for planes, _, _ in loaded]), settings.batch_size,
-                               settings.amp)
+                               settings.amp, inferer)
     except Exception as err:
         return {**results, **{planes.file.path: _failed(planes.file, err) for planes, _, _ in loaded}}
     start = 0
@@ -271,7 +340,7 @@ def _process_group(settings: _Settings, group: Sequence[ScanFile]) -> dict[Path,
     return results
 
 
-def _labels(settings: _Settings, scans: Sequence[ScanPlanes]) -> torch.Tensor | None:
+def _labels(settings: ScanInference, scans: Sequence[ScanPlanes]) -> torch.Tensor | None:
     """The conditional prior's slice-position bucket of every plane of the scans (None: unconditional prior)."""
     prior = settings.models.prior
     if prior is None or prior.num_classes is None:
@@ -287,7 +356,7 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _write_scan(settings: _Settings, planes: ScanPlanes, inputs: torch.Tensor, geometry: list,
+def _write_scan(settings: ScanInference, planes: ScanPlanes, inputs: torch.Tensor, geometry: list,
                 outputs: NetworkOutputs, part: slice) -> ScanResult:
     """Turn one scan's share of the network outputs into its files; return its summary row."""
     models, view, size = settings.models, settings.view, settings.view.image_size

@@ -412,7 +412,9 @@ class GatedPixelCNN(nn.Module):
             raise TypeError(f"codes must be an integer tensor of code indices, got dtype {codes.dtype}")
         if codes.dim() != 3:
             raise ValueError(f"codes must have shape [batch, height, width], got {tuple(codes.shape)}")
-        if codes.numel() > 0:
+        # the range is checked on real data only: torch.export (MLflow's model format) cannot trace a branch on
+        # values; an exported prior still fails on a code outside [0, K) (its embedding lookup)
+        if codes.numel() > 0 and not torch.compiler.is_exporting():
             low, high = int(codes.min()), int(codes.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
@@ -454,7 +456,7 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"labels must have shape [{batch_size}] (one per grid), got {tuple(labels.shape)}"
             )
-        if labels.numel() > 0:
+        if labels.numel() > 0 and not torch.compiler.is_exporting():  # values: on real data only (see check_codes)
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{low}, {high}]")
@@ -493,7 +495,7 @@ class GatedPixelCNN(nn.Module):
         if tuple(cond.shape) != shape:
             raise ValueError(f"cond must have shape {list(shape)} (codes {height}x{width} / cond_factor "
                              f"{self.cond_factor}), got {list(cond.shape)}")
-        if cond.numel() > 0:
+        if cond.numel() > 0 and not torch.compiler.is_exporting():  # values: on real data only (see check_codes)
             low, high = int(cond.min()), int(cond.max())
             if low < 0 or high >= self.cond_num_embeddings:
                 raise ValueError(f"cond must lie in [0, {self.cond_num_embeddings}), got values in [{low}, {high}]")

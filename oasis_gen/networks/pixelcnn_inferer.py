@@ -20,7 +20,7 @@ from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.networks.pixelcnn_sampling import complete_codes, evaluating, sample_codes
 from oasis_gen.networks.vqvae import named_quantizers
 
-__all__ = ["Codes", "TwoLevelPrior", "VQVAEPixelCNNInferer", "decode_codes", "encode_images"]
+__all__ = ["Codes", "PriorCodeBits", "TwoLevelPrior", "VQVAEPixelCNNInferer", "decode_codes", "encode_images"]
 
 
 # the codes of one slice batch: a grid [N, h, w] for a single-level VQ-VAE, (top, bottom) grids for a two-level one
@@ -290,3 +290,35 @@ def _bits(prior: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | int 
     with evaluating(prior):
         logits = prior(codes, labels=labels, cond=cond)
     return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)
+
+
+class PriorCodeBits(nn.Module):
+    """
+    A prior as a network of one tensor in and one out, for an MLflow model's signature: integer planes
+    ``[N, C, h, w]`` -> the prior's negative log-likelihood of each code in bits, float32 ``[N, h, w]`` (given the
+    codes before it in raster order, as :meth:`VQVAEPixelCNNInferer.get_likelihood` scores it).
+
+    Plane 0 holds the codes; a prior conditioned on the slice position takes its label as the next plane (the
+    label everywhere); a bottom prior conditioned on the top codes takes the top grid as the last plane, each top
+    code repeated over the ``cond_factor x cond_factor`` codes under it.
+    """
+
+    def __init__(self, prior: GatedPixelCNN) -> None:
+        super().__init__()
+        self.prior = prior
+
+    @staticmethod
+    def planes(prior: GatedPixelCNN) -> int:
+        """``C``: the number of planes the prior takes (codes, then its conditions)."""
+        return 1 + (prior.num_classes is not None) + (prior.cond_num_embeddings is not None)
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        planes = planes.long()
+        codes, at, labels, cond = planes[:, 0], 1, None, None
+        if self.prior.num_classes is not None:
+            labels, at = planes[:, at, 0, 0], at + 1
+        if self.prior.cond_num_embeddings is not None:
+            factor = int(self.prior.cond_factor)
+            cond = planes[:, at, ::factor, ::factor]
+        logits = self.prior(codes, labels=labels, cond=cond)
+        return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)

@@ -65,15 +65,22 @@ def checkpoint_sha256(path: str | Path) -> str:
         raise CheckpointError(path, "checkpoint not found (train that model first, or check the path)")
     return file_sha256(path)
 
-def load_network(path: str | Path, build: Callable[[ModelSpec], nn.Module], kind: str, marker: str,
-                 device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """Rebuild a trained network from its checkpoint (architecture from ``spec``, then weights), in eval mode.
+def read_network_checkpoint(path: str | Path, kind: str, marker: str) -> dict[str, Any]:
+    """A checkpoint of one kind of oasis-gen network (``model`` weights and ``spec``), else a CheckpointError.
 
     ``marker`` is a spec key only this kind of network has, so another model's checkpoint is refused by name.
     """
     state = read_checkpoint(path)
     if "spec" not in state or "model" not in state or marker not in state["spec"]:
         raise CheckpointError(path, f"not a {kind} checkpoint of oasis-gen (keys: {sorted(state)})")
+    return state
+
+
+def load_network(path: str | Path, build: Callable[[ModelSpec], nn.Module], kind: str, marker: str,
+                 device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a trained network from its checkpoint (architecture from ``spec``, then weights), in eval mode
+    (``kind`` and ``marker`` as in :func:`read_network_checkpoint`)."""
+    state = read_network_checkpoint(path, kind, marker)
     spec = ModelSpec(**state["spec"])
     network = build(spec)
     try:

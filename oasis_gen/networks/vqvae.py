@@ -11,7 +11,7 @@ from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 
 from oasis_gen.errors import ConfigError
-from oasis_gen.networks.spec import ModelSpec, load_network
+from oasis_gen.networks.spec import ModelSpec, load_network, read_network_checkpoint
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 # the code levels of a two-level VQ-VAE, coarse to fine; a single-level one has only "bottom"
@@ -19,6 +19,7 @@ LEVELS = ("top", "bottom")
 # stride 2, kernel 4, dilation 1, padding 1: each level halves the grid exactly
 DOWNSAMPLE = (2, 4, 1, 1)
 UPSAMPLE = (2, 4, 1, 1, 0)
+VQVAE_MARKER = "num_downsamplings"  # a spec key only VQ-VAE checkpoints have
 
 
 def channel_list(channels: int | Sequence[int], num_downsamplings: int) -> list[int]:
@@ -158,9 +159,14 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
     )
 
 
+def read_vqvae_spec(path: str | Path) -> ModelSpec:
+    """The architecture saved in a VQ-VAE checkpoint (what :func:`vqvae_from_spec` builds), without its weights."""
+    return ModelSpec(**read_network_checkpoint(path, "VQ-VAE", VQVAE_MARKER)["spec"])
+
+
 def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE | TwoLevelVQVAE, ModelSpec]:
     """Rebuild a trained VQ-VAE (one level or two) from its checkpoint (architecture and weights), in eval mode."""
-    return load_network(path, vqvae_from_spec, "VQ-VAE", "num_downsamplings", device)
+    return load_network(path, vqvae_from_spec, "VQ-VAE", VQVAE_MARKER, device)
 
 
 class VQVAEReconstruction(torch.nn.Module):
