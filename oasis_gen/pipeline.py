@@ -18,6 +18,10 @@ A pipeline file (``pipelines/demo.yaml`` is the embedded default)::
         needs: [data]            # stages whose results this one uses: when they run again, so does this one
         overrides: {dataset_dir: "${data_dir}", output_dir: "${runs_dir}/vqvae", max_epochs: 6}
         outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
+      bundle:
+        bundle_export: {out_dir: "${runs_dir}/bundle", vqvae_ckpt: "${runs_dir}/vqvae/checkpoints/model.pt"}
+        needs: [vqvae]           # arguments of oasis_gen.export.bundle.export_bundle (replace: true by default)
+        outputs: ["${runs_dir}/bundle/configs/inference.yaml"]
     summary: |                   # printed after a successful run
       pictures in ${runs_dir}/vqvae/pictures
     show: ["${runs_dir}/samples/plausibility.md"]   # text files printed after the summary, where they exist
@@ -53,7 +57,13 @@ DEFAULTS = {"tracking_uri": DEFAULT_STORE, "experiment_name": "oasis-gen"}
 # variables the runner itself uses; the others only mean something where the file refers to them
 RUNNER_VARIABLES = ("runs_dir", "tracking_uri", "experiment_name")
 PIPELINE_KEYS = ("name", "description", "variables", "stages", "summary", "show")
-STAGE_KEYS = ("description", "config", "run", "overrides", "needs", "outputs", "demo_cohort")
+# stages that call one of the project's functions in this process: the stage key -> (module, function); each
+# needs an out_dir argument
+BUILDERS = {"demo_cohort": ("oasis_gen.data.demo", "build_demo_cohort"),
+            "bundle_export": ("oasis_gen.export.bundle", "export_bundle")}
+# arguments a builder stage gets unless it sets them: a pipeline that runs again replaces its exported bundle
+BUILDER_DEFAULTS = {"bundle_export": {"replace": True}}
+STAGE_KEYS = ("description", "config", "run", "overrides", "needs", "outputs", *BUILDERS)
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -68,7 +78,8 @@ class PipelineError(ConfigError):
 
 @dataclass
 class Stage:
-    """One step of a pipeline: a bundle config's run id with overrides, or the demo cohort builder."""
+    """One step of a pipeline: a bundle config's run id with overrides, or a builder (:data:`BUILDERS`) with its
+    arguments."""
 
     name: str
     needs: list[str] = field(default_factory=list)
@@ -76,18 +87,19 @@ class Stage:
     configs: list[Path] = field(default_factory=list)
     run_id: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    demo_cohort: dict[str, Any] | None = None
+    builder: str | None = None  # a key of BUILDERS
+    arguments: dict[str, Any] = field(default_factory=dict)  # the builder's
     description: str = ""
 
     @property
     def kind(self) -> str:
-        """``bundle`` or ``demo_cohort``."""
-        return "demo_cohort" if self.demo_cohort is not None else "bundle"
+        """``bundle`` or the builder's key (``demo_cohort``, ``bundle_export``)."""
+        return self.builder or "bundle"
 
     def definition(self) -> dict[str, Any]:
         """The resolved stage as plain values (what is recorded and fingerprinted, with the configs' contents)."""
-        if self.kind == "demo_cohort":
-            return {"demo_cohort": _plain(self.demo_cohort)}
+        if self.builder is not None:
+            return {self.builder: _plain(self.arguments)}
         return {"config": [str(c) for c in self.configs], "run": self.run_id, "overrides": _plain(self.overrides)}
 
 
@@ -288,11 +300,14 @@ def _stage(path: Path, name: str, body: Mapping[str, Any], variables: Mapping[st
     outputs = [outputs] if isinstance(outputs, str) else outputs
     stage = Stage(name=name, needs=[str(n) for n in needs], outputs=[Path(str(o)) for o in outputs],
                   description=str(body.get("description") or ""))
-    if ("demo_cohort" in body) == ("config" in body):
-        raise PipelineError(path, key, "a stage has either 'config' (and 'run') or 'demo_cohort'")
-    if "demo_cohort" in body:
-        stage.demo_cohort = {**dict(body["demo_cohort"] or {}), **sets}
-        _check_demo_arguments(path, key, stage.demo_cohort)
+    kinds = [k for k in ("config", *BUILDERS) if k in body]
+    if len(kinds) != 1:
+        raise PipelineError(path, key, "a stage has one of 'config' (and 'run'), " + ", ".join(
+            f"'{b}'" for b in BUILDERS))
+    if kinds[0] in BUILDERS:
+        stage.builder = kinds[0]
+        stage.arguments = {**BUILDER_DEFAULTS.get(stage.builder, {}), **dict(body[stage.builder] or {}), **sets}
+        _check_builder_arguments(path, key, stage.builder, stage.arguments)
         return stage
     configs = body["config"] if isinstance(body["config"], list) else [body["config"]]
     try:
@@ -317,28 +332,30 @@ def _stage(path: Path, name: str, body: Mapping[str, Any], variables: Mapping[st
     return stage
 
 
-def demo_cohort_parameters() -> list[str]:
-    """The argument names of ``oasis_gen.data.demo.build_demo_cohort``.
+def builder_parameters(builder: str) -> list[str]:
+    """The argument names of a builder's function (:data:`BUILDERS`).
 
     Read from its source: importing it loads torch and MONAI, half a minute on a busy 2-core machine, too long
     for checking a pipeline file.
     """
-    source = Path(oasis_gen.__file__).resolve().parent / "data" / "demo.py"
+    module, function = BUILDERS[builder]
+    source = Path(oasis_gen.__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
     for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.FunctionDef) and node.name == "build_demo_cohort":
+        if isinstance(node, ast.FunctionDef) and node.name == function:
             return [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
-    raise RuntimeError(f"build_demo_cohort not found in {source}")
+    raise RuntimeError(f"{function} not found in {source}")
 
 
-def _check_demo_arguments(path: Path, key: str, arguments: Mapping[str, Any]) -> None:
-    """Refuse arguments that ``build_demo_cohort`` does not take."""
-    parameters = demo_cohort_parameters()
+def _check_builder_arguments(path: Path, key: str, builder: str, arguments: Mapping[str, Any]) -> None:
+    """Refuse arguments that the builder's function does not take, and a missing ``out_dir``."""
+    parameters = builder_parameters(builder)
+    function = BUILDERS[builder][1]
     for name in arguments:
         if name not in parameters:
-            raise PipelineError(path, f"{key}.demo_cohort.{name}", "build_demo_cohort takes no such argument"
+            raise PipelineError(path, f"{key}.{builder}.{name}", f"{function} takes no such argument"
                                 + _hint(str(name), list(parameters)))
     if "out_dir" not in arguments:
-        raise PipelineError(path, f"{key}.demo_cohort.out_dir", "missing: the folder of the demo cohort")
+        raise PipelineError(path, f"{key}.{builder}.out_dir", f"missing: the folder {function} writes")
 
 
 def _plain(value: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -37,13 +38,15 @@ from oasis_gen import tracking
 from oasis_gen.bundles import bundle_command, config_keys, override_args, stop
 from oasis_gen.errors import OasisGenError
 from oasis_gen.files import write_text
-from oasis_gen.pipeline import Pipeline, PipelineError, Stage
+from oasis_gen.pipeline import BUILDERS, Pipeline, PipelineError, Stage
 
 __all__ = ["StageFailed", "StageResult", "fingerprint", "read_record", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
 USER_ERROR_PREFIX = "oasis-gen: error: "
+# the MLflow stage tag of each builder stage's run
+BUILDER_TAGS = {"demo_cohort": "data", "bundle_export": "export"}
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
@@ -112,7 +115,7 @@ def why_run(stage: Stage, record: Mapping[str, Any] | None, inputs: Mapping[str,
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """Which parts of a stage's inputs differ, in words."""
     changed = []
-    for group, what in (("overrides", "override"), ("demo_cohort", "argument")):
+    for group, what in (("overrides", "override"), *((builder, "argument") for builder in BUILDERS)):
         before, after = old.get(group) or {}, new.get(group) or {}
         changed += [f"{what} {k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if old.get("run") != new.get("run"):
@@ -224,8 +227,8 @@ def _run_stage(pipeline: Pipeline, stage: Stage, forced: bool, selected: bool, p
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        if stage.kind == "demo_cohort":
-            _build_demo_cohort(pipeline, stage, log, parent_id)
+        if stage.builder is not None:
+            _run_builder(pipeline, stage, log, parent_id)
         else:
             env = {**os.environ, "PYTHONUNBUFFERED": "1", tracking.PARENT_RUN_ENV: parent_id}
             overrides = dict(stage.overrides)
@@ -252,11 +255,12 @@ def _run_stage(pipeline: Pipeline, stage: Stage, forced: bool, selected: bool, p
     return StageResult(name, "ran", reason, seconds, log)
 
 
-def _build_demo_cohort(pipeline: Pipeline, stage: Stage, log: Path, parent_id: str) -> None:
-    """The demo-data stage: build the demo cohort in this process, log it to the file and to a child MLflow run."""
-    from oasis_gen.data.demo import build_demo_cohort
-
-    arguments = dict(stage.demo_cohort or {})
+def _run_builder(pipeline: Pipeline, stage: Stage, log: Path, parent_id: str) -> None:
+    """A builder stage (the demo cohort, a bundle export): call its function in this process with the stage's
+    arguments, log its messages to the file, and record it as a child MLflow run with what it wrote."""
+    module, function = BUILDERS[stage.builder or ""]
+    build = getattr(importlib.import_module(module), function)
+    arguments = dict(stage.arguments)
     handler = logging.FileHandler(log, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
     package_logger = logging.getLogger("oasis_gen")
@@ -265,20 +269,20 @@ def _build_demo_cohort(pipeline: Pipeline, stage: Stage, log: Path, parent_id: s
     if package_logger.getEffectiveLevel() > logging.INFO:  # the log keeps the builder's progress messages
         package_logger.setLevel(logging.INFO)
     try:
-        manifest = build_demo_cohort(**arguments)
-    except (TypeError, ValueError) as err:
+        written = build(**arguments)
+    except (TypeError, ValueError, OasisGenError) as err:
         logger.error("%s", err)
         raise StageFailed(f"stage '{stage.name}' failed: {err} (log: {log})") from None
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(level)
         handler.close()
-    tags = {**tracking.run_tags("data"), tracking.PARENT_RUN_TAG: parent_id}
-    name = f"data-demo-{arguments.get('size', 'default')}px-" + time.strftime("%Y%m%d-%H%M%S")
+    tag = BUILDER_TAGS.get(stage.builder or "", stage.builder or "")
+    tags = {**tracking.run_tags(tag), tracking.PARENT_RUN_TAG: parent_id}
+    name = f"{tag}-{Path(str(arguments['out_dir'])).name}-" + time.strftime("%Y%m%d-%H%M%S")
     tracking.log_run(pipeline.tracking_uri, pipeline.experiment_name, name,
-                     params=tracking.flatten_params({"builder": "oasis_gen.data.demo.build_demo_cohort",
-                                                     **arguments}),
-                     artifacts=[manifest], tags=tags)
+                     params=tracking.flatten_params({"builder": f"{module}.{function}", **arguments}),
+                     artifacts=[written], tags=tags)
 
 
 def stream_command(command: Sequence[str], log: Path, env: Mapping[str, str]) -> tuple[int, str]:

@@ -139,6 +139,45 @@ def test_an_existing_folder_or_zip_is_refused_and_left_as_it_was(exported, tmp_p
     assert (tmp_path / "fresh.zip").read_bytes() == b"mine" and not (tmp_path / "fresh").exists()
 
 
+def test_a_pipeline_stage_exports_the_bundle_and_replaces_it_when_run_again(exported, tmp_path):
+    import textwrap
+
+    from mlflow import MlflowClient
+
+    from oasis_gen.pipeline import load_pipeline
+    from oasis_gen.pipeline_runner import run_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: export
+        variables: {{runs_dir: {tmp_path / "runs"}, tracking_uri: {tmp_path / "mlruns"}}}
+        stages:
+          bundle:
+            bundle_export: {{out_dir: "${{runs_dir}}/bundle", vqvae_ckpt: {exported["vqvae"]},
+                            prior_ckpt: {exported["priors"]["bottom"]}}}
+            outputs: ["${{runs_dir}}/bundle/configs/inference.yaml"]
+        """))
+    bundle = tmp_path / "runs" / "bundle"
+    results = run_pipeline(load_pipeline(path))
+    assert [r.status for r in results] == ["ran"]
+    assert (bundle / "models" / "prior_top.pt").is_file() and (tmp_path / "runs" / "bundle.zip").is_file()
+    (bundle / "models" / "model.pt").write_bytes(b"stale")  # an earlier export, to be replaced
+    assert [r.status for r in run_pipeline(load_pipeline(path), force=True)] == ["ran"]
+    assert (bundle / "models" / "model.pt").read_bytes() == exported["vqvae"].read_bytes()
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["bundle", "bundle.zip", "logs", "pipeline"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.stage = 'export'")
+    assert len(runs) == 2 and runs[0].data.params["builder"] == "oasis_gen.export.bundle.export_bundle"
+    assert "configs/inference.yaml" in [a.path for a in client.list_artifacts(runs[0].info.run_id, "configs")]
+    # a folder that is not an earlier export is never replaced
+    other = tmp_path / "mine"
+    write_png(other / "mine.png", brain_slice(20, 1))
+    with pytest.raises(ConfigError, match="not an empty folder or an earlier export"):
+        export_bundle(other, exported["vqvae"], replace=True)
+    assert [p.name for p in other.iterdir()] == ["mine.png"]
+
+
 def test_set_config_value_replaces_a_key_or_adds_it_after_the_imports():
     text = "imports:\n  - $import torch\n\n# users\ninput: null   # a scan\nbatch_size: 32\n"
     assert set_config_value(text, "batch_size", "8") == text.replace("batch_size: 32", "batch_size: 8")

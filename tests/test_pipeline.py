@@ -286,7 +286,8 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
 def test_the_shipped_pipelines_load_and_validate():
     demo = load_pipeline(ROOT / "pipelines/demo.yaml")
     assert list(demo.stages) == ["data", "vqvae", "evaluation", "codes", "prior_top", "prior", "sampling",
-                                 "inference"]
+                                 "inference", "bundle"]
+    assert demo.stages["bundle"].kind == "bundle_export" and demo.stages["bundle"].arguments["replace"] is True
     assert demo.stages["prior_top"].overrides["level"] == "top" and demo.stages["prior"].overrides["level"] == "bottom"
     assert demo.show == [Path("runs/demo/samples/plausibility.md")]
     assert demo.runs_dir == Path("runs/demo") and demo.stages["data"].kind == "demo_cohort"
@@ -296,7 +297,7 @@ def test_the_shipped_pipelines_load_and_validate():
     assert demo.stages["prior"].overrides["vqvae_ckpt"] == "runs/demo/vqvae/checkpoints/model.pt"
     assert demo.stages["vqvae"].overrides["tracking_uri"] == "mlruns"  # given to every stage that has it
     assert demo.dependents(["vqvae"]) == ["vqvae", "evaluation", "codes", "prior_top", "prior", "sampling",
-                                          "inference"]
+                                          "inference", "bundle"]
     assert "oasis-gen ui --store mlruns" in demo.summary
     with pytest.raises(PipelineError, match=r"oasis.yaml: variables.data_dir: has no value: give it with --set"):
         load_pipeline(ROOT / "pipelines/oasis.yaml")
@@ -312,7 +313,7 @@ def test_set_changes_variables_and_stage_overrides_with_yaml_types(tmp_path):
     assert vqvae["output_dir"] == "/tmp/elsewhere/vqvae" and vqvae["max_epochs"] == 3 and vqvae["channels"] == [4, 8]
     assert pipeline.stages["sampling"].overrides["temperature"] == 0.5
     demo = load_pipeline(write(tmp_path, DEMO, "demo.yaml"), ["subjects=6", "data.size=24"])
-    assert demo.stages["data"].demo_cohort == {"out_dir": "data", "subjects": 6, "size": 24, "slices_per_subject": 2,
+    assert demo.stages["data"].arguments == {"out_dir": "data", "subjects": 6, "size": 24, "slices_per_subject": 2,
                                               "progress": False}
 
 
@@ -339,6 +340,10 @@ def test_set_changes_variables_and_stage_overrides_with_yaml_types(tmp_path):
     ("variables: {runs_dir: r}\nstages: {a: {config: train.yaml}}\n", [], "p.yaml: stages.a.run: missing"),
     ("variables: {runs_dir: r}\nstages: {d: {demo_cohort: {out_dir: x, subject: 3}}}\n", [],
      "p.yaml: stages.d.demo_cohort.subject: build_demo_cohort takes no such argument; did you mean subjects?"),
+    ("variables: {runs_dir: r}\nstages: {e: {bundle_export: {out_dir: x, vqvae: v.pt}}}\n", [],
+     "p.yaml: stages.e.bundle_export.vqvae: export_bundle takes no such argument; did you mean vqvae_ckpt?"),
+    ("variables: {runs_dir: r}\nstages: {e: {bundle_export: {out_dir: x}, config: train.yaml}}\n", [],
+     "p.yaml: stages.e: a stage has one of 'config' (and 'run'), 'demo_cohort', 'bundle_export'"),
     ("variables: {runs_dir: r}\nstages: [a, b]\n", [], "p.yaml: stages: a pipeline needs a mapping of stages"),
     ("stages: {a: {config: [train.yaml}\n", [], "p.yaml: file: not valid YAML"),
 ])

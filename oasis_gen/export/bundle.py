@@ -221,8 +221,8 @@ def _trace(vqvae: torch.nn.Module, size: int, metadata: dict[str, Any], path: Pa
 
 
 def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str | Path | None = None,
-                  top_prior_ckpt: str | Path | None = None, name: str = "oasis_gen_vqvae", zip_file: bool = True
-                  ) -> Path:
+                  top_prior_ckpt: str | Path | None = None, name: str = "oasis_gen_vqvae", zip_file: bool = True,
+                  replace: bool = False) -> Path:
     """
     Write a trained VQ-VAE (and its prior) as a MONAI bundle folder ``out_dir`` and, with ``zip_file``,
     ``<out_dir>.zip``. Nothing is written unless everything is: the bundle is built beside ``out_dir`` and moved
@@ -235,17 +235,21 @@ def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str |
         prior_ckpt: a prior of that VQ-VAE's codes (the bottom prior of a two-level one), or None.
         top_prior_ckpt: a two-level VQ-VAE's top prior (None: the one the bottom prior records).
         name: the bundle's name (its README title).
+        replace: replace an earlier export in ``out_dir`` (a folder with ``configs/metadata.json``) and its zip,
+            once the new bundle is complete (a pipeline that runs again); any other non-empty folder is refused.
 
     Raises:
-        ConfigError: ``out_dir`` exists and is not empty.
+        ConfigError: ``out_dir`` exists and is not empty (with ``replace``: and is not an earlier export).
         CheckpointError: a checkpoint is missing, unreadable, or the prior does not belong to the VQ-VAE.
     """
     out, vqvae_ckpt = Path(out_dir), Path(vqvae_ckpt)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("out", f"{out} already exists and is not an empty folder: name a new one (nothing was "
+    earlier = bool(replace) and out.is_dir() and (out / "configs" / "metadata.json").is_file()
+    if out.exists() and not earlier and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("out", f"{out} already exists and is not an empty folder"
+                                 + (" or an earlier export" if replace else "") + ": name a new one (nothing was "
                                  "written)")
     archive = out.parent / f"{out.name}.zip"
-    if zip_file and archive.exists():
+    if zip_file and archive.exists() and not earlier:
         raise ConfigError("out", f"{archive} already exists: name a new bundle folder (nothing was written)")
     vqvae, spec = load_vqvae(vqvae_ckpt)
     sources = {VQVAE_FILE: vqvae_ckpt}
@@ -274,9 +278,18 @@ def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str |
         write_text(staging / "docs" / "README.md", _readme(spec, prior_specs, vqvae_ckpt, name))
         write_text(staging / "docs" / "data_use.md", DATA_USE)
         shutil.copy2(configs_dir().parent / "LICENSE", staging / "LICENSE")
-        if out.exists():
+        old = staging.with_suffix(".old")
+        if earlier:
+            os.replace(out, old)  # the earlier export goes only once the new one is in its place
+        elif out.exists():
             out.rmdir()  # empty, checked above
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if earlier:
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported the bundle to %s", out)
