@@ -46,7 +46,7 @@ def test_the_single_level_candidate_runs_the_demo_pipeline_without_its_top_prior
 
     pipeline = load_pipeline(candidate_pipeline(tmp_path, single=True, own_data=False), ["vqvae.top_downsamplings=0"])
     assert "prior_top" not in pipeline.stages and pipeline.stages["prior"].needs == ["codes"]
-    assert list(pipeline.stages) == ["data", "vqvae", "evaluation", "codes", "prior", "sampling", "inference"]
+    assert list(pipeline.stages) == ["data", "vqvae", "evaluation", "codes", "prior", "sampling", "inference", "bundle"]
 
 
 def test_a_dataset_of_ones_own_runs_the_demo_pipeline_without_its_data_stage(tmp_path):
