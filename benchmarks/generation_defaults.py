@@ -59,7 +59,9 @@ DATA_STAGES = ("vqvae", "evaluation", "codes", "prior_top", "prior", "sampling")
 QUICK = ["data.subjects=9", "data.size=32", "data.slices_per_subject=4",
          "vqvae.image_size=32", "vqvae.channels=[8,16]", "vqvae.num_embeddings=16", "vqvae.embedding_dim=8",
          "vqvae.top_num_embeddings=8", "evaluation.image_size=32", "prior.channels=8", "prior.num_layers=2",
-         "prior_top.channels=8", "prior_top.num_layers=2", "sampling.plausibility_epochs=2"]
+         "prior_top.channels=8", "prior_top.num_layers=2", "sampling.plausibility_epochs=2",
+         # no MLflow models: logging one costs seconds, and the suite tests it elsewhere
+         "vqvae.mlflow_model=false", "prior_top.mlflow_model=false", "prior.mlflow_model=false"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -48,7 +48,7 @@ stages:
     run: training
     overrides: {dataset_dir: "${data_dir}", output_dir: "${runs_dir}/vqvae", image_size: 32, batch_size: 4,
                 channels: [8, 16], num_embeddings: 16, embedding_dim: 8, top_downsamplings: 0,
-                max_epochs: 1, progress: false}
+                max_epochs: 1, progress: false, mlflow_model: false}
     outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
   codes:
     config: train_prior.yaml
@@ -64,7 +64,8 @@ stages:
     config: train_prior.yaml
     run: training
     needs: [codes]
-    overrides: {<<: *prior_data, channels: 8, num_layers: 2, batch_size: 4, max_epochs: 1, num_pictures: 2}
+    overrides: {<<: *prior_data, channels: 8, num_layers: 2, batch_size: 4, max_epochs: 1, num_pictures: 2,
+                mlflow_model: false}
     outputs: ["${runs_dir}/prior/checkpoints/model.pt"]
   sampling:
     config: sample.yaml
