@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# two test workers share two cores (make test: pytest -n 2): one torch thread each, in the workers and in every
+# process they start, instead of four threads fighting over two cores (about 8 % of the suite's time)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 
