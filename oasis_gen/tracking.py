@@ -326,8 +326,7 @@ def log_run(
         now = int(time.time() * 1000)
         fresh = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]
         values = [Metric(str(k), float(v), now, 0) for k, v in (metrics or {}).items()]
-        for start in range(0, max(len(fresh), len(values)), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=fresh[start:start + 100], metrics=values[start:start + 100])
+        client.log_batch(run_id, params=fresh, metrics=values)  # MLflow splits it into batches it accepts
         for item in artifacts:
             path, folder = item if isinstance(item, tuple) else (item, None)
             if Path(path).is_dir():

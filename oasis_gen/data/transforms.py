@@ -1,5 +1,9 @@
 """MONAI transform chains: load a slice record, scale to [0, 1], pad to square, resize, encode compactly.
 
+The geometry (:func:`model_geometry`: longest side resized to the model's size, padded to a square) is one chain
+that training, evaluation and inference (:class:`oasis_gen.inference.scans.ModelView`, which also inverts it) all
+apply, so what the VQ-VAE sees cannot drift between them.
+
 Cached items hold intensities as uint8 (or float16): the full OASIS train split at 256x256 then takes about
 0.6 GB instead of 2.5 GB in float32, and batches cross to the GPU four times lighter. The engines' batch
 preparation (:func:`decode_intensity`) turns them back into float32 in [0, 1] on the device.
@@ -12,7 +16,7 @@ from collections.abc import Hashable, Mapping
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, RandFlipd, Resized, SpatialPadd, Transform
+from monai.transforms import Compose, MapTransform, RandFlipd, Resize, SpatialPad, Transform
 
 from oasis_gen.data.readers import read_slice, read_volume, volume_slice
 
@@ -77,16 +81,40 @@ def decode_intensity(img: torch.Tensor) -> torch.Tensor:
     return img.float()
 
 
-def eval_transforms(image_size: int, cache_dtype: str = "uint8") -> Compose:
-    """Deterministic chain for validation, evaluation and inference: load, pad to square, resize, encode."""
+def model_geometry(image_size: int) -> Compose:
+    """
+    The VQ-VAE's view of a channel-first plane ``[C, H, W]``: the longest side resized to ``image_size``
+    (bilinear, anti-aliased), then the other padded to a square (the same as padding to a square, then resizing).
+    Invertible (MONAI records both operations on a ``MetaTensor``).
+    """
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, not {image_size}")
     size = int(image_size)
     return Compose([
+        Resize(spatial_size=size, size_mode="longest", mode="bilinear", anti_aliasing=True),
+        SpatialPad(spatial_size=(size, size)),
+    ])
+
+
+class ModelGeometryd(MapTransform):
+    """:func:`model_geometry` on the images of a record."""
+
+    def __init__(self, keys: KeysCollection, image_size: int, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.geometry = model_geometry(image_size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.geometry(d[key])
+        return d
+
+
+def eval_transforms(image_size: int, cache_dtype: str = "uint8") -> Compose:
+    """Deterministic chain for validation, evaluation and the prior's codes: load, the model's geometry, encode."""
+    return Compose([
         LoadScand("image"),
-        # resize the longest side to the model size, then pad the other: same as pad-to-square then resize
-        Resized("image", spatial_size=size, size_mode="longest", mode="bilinear", anti_aliasing=True),
-        SpatialPadd("image", spatial_size=(size, size)),
+        ModelGeometryd("image", image_size),
         EncodeIntensityd("image", dtype=cache_dtype),
     ])
 
@@ -100,5 +128,5 @@ def train_transforms(image_size: int, cache_dtype: str = "uint8", augment: bool 
     return Compose(chain)
 
 
-__all__ = ["LoadScand", "EncodeIntensity", "EncodeIntensityd", "decode_intensity", "eval_transforms",
-           "train_transforms"]
+__all__ = ["LoadScand", "EncodeIntensity", "EncodeIntensityd", "ModelGeometryd", "decode_intensity",
+           "eval_transforms", "model_geometry", "train_transforms"]

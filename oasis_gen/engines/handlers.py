@@ -377,8 +377,7 @@ class RunRecorder:
             logger.warning("resumed run keeps its first values of %s", ", ".join(
                 f"{k} ({old} -> {new} not logged)" for k, (old, new) in changed.items()))
         fresh = [Param(k, v[:6000]) for k, v in self.params.items() if k not in logged]
-        for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=fresh[start:start + 100])
+        client.log_batch(run_id, params=fresh)  # MLflow splits it into batches it accepts
         log_artifact(self.run_handler, config_file)
 
     def _complete(self, engine: Engine) -> None:

@@ -19,7 +19,6 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Resize, SpatialPad
 
 from oasis_gen.data.layouts import parse_slice_name, parse_volume_subject
 from oasis_gen.data.readers import (
@@ -34,7 +33,7 @@ from oasis_gen.data.readers import (
     volume_planes,
     volume_stem,
 )
-from oasis_gen.data.transforms import EncodeIntensity, decode_intensity
+from oasis_gen.data.transforms import EncodeIntensity, decode_intensity, model_geometry
 from oasis_gen.errors import ConfigError, DataError
 from oasis_gen.generation.codes import slice_labels
 
@@ -201,17 +200,14 @@ def scan_labels(scans: list[ScanFile], num_classes: int | None) -> dict[Path, in
 
 class ModelView:
     """
-    The planes of a scan as the VQ-VAE sees them (longest side resized to ``image_size``, padded to a square,
+    The planes of a scan as the VQ-VAE sees them (training's :func:`~oasis_gen.data.transforms.model_geometry`,
     rounded to 8 bits like the training cache), and the way back to the planes' own size (MONAI's inverse of
     the same transforms).
     """
 
     def __init__(self, image_size: int):
         self.image_size = int(image_size)
-        self.transform = Compose([
-            Resize(spatial_size=self.image_size, size_mode="longest", mode="bilinear", anti_aliasing=True),
-            SpatialPad(spatial_size=(self.image_size, self.image_size)),
-        ])
+        self.transform = model_geometry(self.image_size)  # training's own chain (all planes as channels at once)
         self.encode = EncodeIntensity("uint8")
 
     def to_model(self, planes: np.ndarray) -> tuple[torch.Tensor, list]:
