@@ -326,40 +326,30 @@ class ParentRun:
     """The pipeline's own MLflow run: its file, variables and commit, then each stage's status and duration."""
 
     def __init__(self, pipeline: Pipeline, forced: set[str], selected: set[str]):
-        from mlflow import MlflowClient
-        from mlflow.entities import Param
-
-        uri = tracking.resolve_tracking_uri(pipeline.tracking_uri)
-        self.client = MlflowClient(uri)
-        self.run_name = f"pipeline-{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = tracking.run_tags("pipeline")
         tags.pop(tracking.PARENT_RUN_TAG, None)  # the pipeline's run is the parent, whatever the environment says
         tags["pipeline"] = pipeline.name
-        experiment = tracking.experiment_id(self.client, pipeline.experiment_name, uri)
-        self.run_id = self.client.create_run(experiment, run_name=self.run_name, tags=tags).info.run_id
-        self.logs: list[Path] = []
         params = {"pipeline.file": str(pipeline.path.resolve()), "pipeline.name": pipeline.name,
                   "pipeline.stages": ",".join(pipeline.stages),
                   "pipeline.only": ",".join(n for n in pipeline.stages if n in selected),
                   "pipeline.force": ",".join(n for n in pipeline.stages if n in forced),
                   **tracking.flatten_params(pipeline.variables, prefix="var.")}
-        try:
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-            with tempfile.TemporaryDirectory() as folder:
-                resolved = Path(folder) / "pipeline.yaml"
-                resolved.write_text(yaml.safe_dump(pipeline.resolved(), sort_keys=False))
-                self.client.log_artifact(self.run_id, str(resolved))
-        except BaseException:
-            self.client.set_terminated(self.run_id, "FAILED")
-            raise
+        self.logs: list[Path] = []
+        with tempfile.TemporaryDirectory() as folder:
+            resolved = Path(folder) / "pipeline.yaml"
+            resolved.write_text(yaml.safe_dump(pipeline.resolved(), sort_keys=False))
+            self.run = tracking.OpenRun(pipeline.tracking_uri, pipeline.experiment_name,
+                                        f"pipeline-{pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags, params,
+                                        artifacts=[resolved])
+        self.run_name, self.run_id = self.run.run_name, self.run.run_id
         print(f"pipeline {pipeline.name} ({pipeline.path}): MLflow run {self.run_name} ({self.run_id}) in "
               f"experiment {pipeline.experiment_name}", flush=True)
 
     def record(self, result: StageResult) -> None:
         """Record a stage's status (ran, skipped, ...) and duration."""
-        self.client.set_tag(self.run_id, f"stage.{result.name}", result.status)
+        self.run.tag(f"stage.{result.name}", result.status)
         if result.status in ("ran", "failed"):
-            self.client.log_metric(self.run_id, f"stage.{result.name}.seconds", round(result.seconds, 3))
+            self.run.metric(f"stage.{result.name}.seconds", round(result.seconds, 3))
         if result.log is not None:
             self.logs.append(result.log)
 
@@ -367,12 +357,11 @@ class ParentRun:
         """Log the logs of the stages that ran, and close the run with ``status`` (FINISHED, FAILED, KILLED)."""
         try:
             if error:
-                self.client.set_tag(self.run_id, "error", error[:5000])
+                self.run.tag("error", error[:5000])
             for log in self.logs:
-                if log.is_file():
-                    self.client.log_artifact(self.run_id, str(log), artifact_path="logs")
+                self.run.artifact(log, "logs")
         finally:
-            self.client.set_terminated(self.run_id, status)
+            self.run.end(status)
 
 
 def _print_report(pipeline: Pipeline, results: list[StageResult], seconds: float, parent: ParentRun) -> None:

@@ -1,4 +1,8 @@
-"""MLflow wiring: where the store is, what runs are called, what they are tagged with."""
+"""MLflow wiring, all of the project's in one module: where the store is, what runs are called and tagged with,
+runs logged whole (:func:`log_run`) or kept open (:class:`OpenRun`), what goes into the run of a MONAI
+``MLFlowHandler`` (:func:`log_artifact`, :func:`log_picture`, :func:`update_run`), models and their registry
+(:func:`log_model`, :func:`registered_versions`). MLflow itself is imported only where it is used, so that the
+command line and the pipeline runner start without it."""
 
 from __future__ import annotations
 
@@ -338,3 +342,91 @@ def log_run(
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def run_id_of(run_handler: Any) -> str | None:
+    """The MLflow run a MONAI ``MLFlowHandler`` writes to (None when tracking is off or not started)."""
+    run = getattr(run_handler, "cur_run", None) if run_handler is not None else None
+    return run.info.run_id if run is not None else None
+
+
+def log_artifact(run_handler: Any, path: str | Path, artifact_path: str | None = None,
+                 run_id: str | None = None) -> None:
+    """Log a file to the run of a MONAI ``MLFlowHandler`` (or to ``run_id`` through its client), if tracking is on."""
+    run_id = run_id or run_id_of(run_handler)
+    if run_id is not None and Path(path).is_file():
+        run_handler.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_picture(run_handler: Any, path: str | Path, picture: Any, key: str, step: int) -> None:
+    """Log a picture saved at ``path`` to the run of a MONAI ``MLFlowHandler``, if tracking is on: as the artifact
+    ``<key>/<file name>`` (a stable path to download) and as the image ``key`` at ``step`` (``log_image``), so
+    that the MLflow UI's image view steps through the epochs."""
+    import numpy as np
+
+    run_id = run_id_of(run_handler)
+    if run_id is None:
+        return
+    log_artifact(run_handler, path, artifact_path=key, run_id=run_id)
+    run_handler.client.log_image(run_id, np.ascontiguousarray(picture), key=key, step=int(step))
+
+
+def update_run(client: Any, run_id: str, tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+    """Set a run's tags and log the params it does not have yet: a resumed run keeps its first values (MLflow
+    refuses to change a param), with a warning naming those that differ."""
+    from mlflow.entities import Param
+
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    logged = client.get_run(run_id).data.params
+    changed = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
+    if changed:
+        logger.warning("resumed run keeps its first values of %s", ", ".join(
+            f"{k} ({old} -> {new} not logged)" for k, (old, new) in changed.items()))
+    fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
+    client.log_batch(run_id, params=fresh)  # MLflow splits it into batches it accepts
+
+
+class OpenRun:
+    """
+    An MLflow run kept open while work goes on (a pipeline's own run): created with its tags, params and first
+    artifacts, then tagged, measured and given artifacts as the work goes, and ended with a status.
+
+    Args:
+        tracking_uri: the store (a folder, ``.db`` file or URI; None: :func:`default_tracking_uri`).
+        artifacts: files logged at the start; should logging them fail, the run is ended as FAILED.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment_name: str, run_name: str, tags: Mapping[str, str],
+                 params: Mapping[str, Any], artifacts: Sequence[str | Path] = ()):
+        from mlflow import MlflowClient
+
+        uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(uri)
+        self.run_name = run_name
+        experiment = experiment_id(self.client, experiment_name, uri)
+        self.run_id = self.client.create_run(experiment, run_name=run_name, tags=dict(tags)).info.run_id
+        try:
+            update_run(self.client, self.run_id, {}, params)
+            for path in artifacts:
+                self.artifact(path)
+        except BaseException:
+            self.end("FAILED")
+            raise
+
+    def tag(self, key: str, value: str) -> None:
+        """Set a tag of the run."""
+        self.client.set_tag(self.run_id, key, value)
+
+    def metric(self, key: str, value: float) -> None:
+        """Log a metric of the run."""
+        self.client.log_metric(self.run_id, key, float(value))
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        """Log a file of the run (under ``folder``), if it exists."""
+        if Path(path).is_file():
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED, KILLED)."""
+        self.client.set_terminated(self.run_id, status)

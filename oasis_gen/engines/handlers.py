@@ -16,7 +16,6 @@ import torch
 import yaml
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
-from mlflow.entities import Param
 from monai.handlers import MLFlowHandler
 from torch import nn
 
@@ -27,7 +26,7 @@ from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.threads import sampling_threads
-from oasis_gen.tracking import log_model
+from oasis_gen.tracking import log_artifact, log_model, log_picture, run_id_of, update_run
 
 logger = logging.getLogger(__name__)
 
@@ -250,32 +249,6 @@ class LossTerms:
             engine.state.metrics[key] = total / max(self.count, 1)
 
 
-def run_id_of(run_handler: MLFlowHandler | None) -> str | None:
-    """The MLflow run an MLFlowHandler writes to (None when tracking is off or not started)."""
-    run = getattr(run_handler, "cur_run", None) if run_handler is not None else None
-    return run.info.run_id if run is not None else None
-
-
-def log_artifact(run_handler: MLFlowHandler | None, path: str | Path, artifact_path: str | None = None,
-                 run_id: str | None = None) -> None:
-    """Log a file to the run of an MLFlowHandler (or to run_id through its client), if tracking is on."""
-    run_id = run_id or run_id_of(run_handler)
-    if run_id is not None and Path(path).is_file():
-        run_handler.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-
-
-def log_picture(run_handler: MLFlowHandler | None, path: str | Path, picture: np.ndarray, key: str,
-                step: int) -> None:
-    """Log a picture saved at ``path`` to the run of an MLFlowHandler, if tracking is on: as the artifact
-    ``<key>/<file name>`` (a stable path to download) and as the image ``key`` at ``step`` (``log_image``), so
-    that the MLflow UI's image view steps through the epochs."""
-    run_id = run_id_of(run_handler)
-    if run_id is None:
-        return
-    log_artifact(run_handler, path, artifact_path=key, run_id=run_id)
-    run_handler.client.log_image(run_id, np.ascontiguousarray(picture), key=key, step=int(step))
-
-
 class ReconstructionPictures:
     """After each evaluation, save a grid of original | reconstruction | difference and log it to MLflow."""
 
@@ -368,16 +341,7 @@ class RunRecorder:
         run_id = self.run_id = run_id_of(self.run_handler)
         if run_id is None:
             return
-        client = self.run_handler.client
-        for key, value in self.tags.items():
-            client.set_tag(run_id, key, value)
-        logged = client.get_run(run_id).data.params
-        changed = {k: (logged[k], v) for k, v in self.params.items() if k in logged and logged[k] != v}
-        if changed:
-            logger.warning("resumed run keeps its first values of %s", ", ".join(
-                f"{k} ({old} -> {new} not logged)" for k, (old, new) in changed.items()))
-        fresh = [Param(k, v[:6000]) for k, v in self.params.items() if k not in logged]
-        client.log_batch(run_id, params=fresh)  # MLflow splits it into batches it accepts
+        update_run(self.run_handler.client, run_id, self.tags, self.params)
         log_artifact(self.run_handler, config_file)
 
     def _complete(self, engine: Engine) -> None:
