@@ -32,7 +32,7 @@ from PIL import Image
 from oasis_gen.data import decode_intensity, eval_transforms
 from oasis_gen.data.readers import read_volume
 from oasis_gen.errors import CheckpointError, ConfigError, DataError
-from oasis_gen.inference import ModelView, find_inputs, infer_scans, load_inference_models, read_planes
+from oasis_gen.inference import ModelView, find_inputs, load_inference_models, read_planes
 from oasis_gen.inference.scans import volume_labels
 from oasis_gen.inference.writers import write_reconstruction
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, pixelcnn_spec
@@ -402,20 +402,35 @@ def test_a_wrong_or_corrupt_checkpoint_or_a_prior_of_another_vqvae_is_refused(tm
         load_inference_models(corrupt)
 
 
+def infer_in_process(scans: Path, out: Path, vqvae: Path, prior: Path, **overrides: object):
+    """inference.yaml's `inferring` run in this process (MONAI's ConfigWorkflow); returns its report."""
+    from monai.bundle import ConfigWorkflow
+
+    flow = ConfigWorkflow(config_file=INFERENCE, workflow_type="infer", run_id="inferring", input=str(scans),
+                          inference_dir=str(out), vqvae_ckpt=str(vqvae), prior_ckpt=str(prior),
+                          tracking_uri=str(out.parent / "mlruns"), progress=False, **overrides)
+    flow.initialize()
+    flow.run()
+    return flow.parser.get_parsed_content("report")
+
+
 def test_a_conditional_prior_scores_each_slice_under_its_position(tmp_path):
+    from oasis_gen.bundle_checks import find_user_error
+
     vqvae = _tiny_vqvae(tmp_path / "vqvae.pt", 0)
     prior = _tiny_prior(tmp_path / "prior.pt", vqvae, num_classes=3)
-    models = load_inference_models(vqvae, prior)
-    scans = find_inputs(write_nifti(tmp_path / "scans" / "v.nii.gz", brain_volume((12, 14, 10))).parent)
-    own = infer_scans(scans, models, tmp_path / "own", progress=False)
-    fixed = infer_scans(scans, models, tmp_path / "fixed", label=0, progress=False)
+    scans = write_nifti(tmp_path / "scans" / "v.nii.gz", brain_volume((12, 14, 10))).parent
+    own = infer_in_process(scans, tmp_path / "own", vqvae, prior)
+    fixed = infer_in_process(scans, tmp_path / "fixed", vqvae, prior, label=0)
     assert [r.status for r in own.results + fixed.results] == ["ok", "ok"]
     by_position = np.load(tmp_path / "own" / "v" / "atypicality_codes.npy")
     all_first = np.load(tmp_path / "fixed" / "v" / "atypicality_codes.npy")
     assert by_position.shape == all_first.shape == (10, 8, 8)
     assert not np.allclose(by_position, all_first)  # the later slices were scored under buckets 1 and 2
-    with pytest.raises(ConfigError, match="config 'label': this prior knows buckets 0..2, not 3"):
-        infer_scans(scans, models, tmp_path / "bad", label=3, progress=False)
+    with pytest.raises(Exception) as caught:
+        infer_in_process(scans, tmp_path / "bad", vqvae, prior, label=3)
+    assert isinstance(find_user_error(caught.value), ConfigError)
+    assert "config 'label': this prior knows buckets 0..2, not 3" in str(find_user_error(caught.value))
 
 
 @pytest.mark.slow

@@ -20,20 +20,16 @@ from oasis_gen.inference.run import (
     ScanInference,
     ScanResult,
     check_report,
-    infer_scans,
-    inference_evaluator,
-    progress_handlers,
     run_artifacts,
     run_networks,
     scan_groups,
-    scan_loader,
     write_summary,
 )
 from oasis_gen.inference.scans import ModelView, ScanFile, ScanPlanes, find_inputs, read_planes
 
 __all__ = [
     "CodesInferer", "InferenceModels", "InferenceReport", "ModelView", "ScanFile", "ScanInference", "ScanPlanes",
-    "ScanResult", "check_report", "code_nll_bits", "find_inputs", "infer_scans",
-    "inference_evaluator", "load_inference_models", "progress_handlers", "read_planes", "run_artifacts",
-    "run_networks", "scan_groups", "scan_loader", "typical_nll", "write_summary",
+    "ScanResult", "check_report", "code_nll_bits", "find_inputs",
+    "load_inference_models", "read_planes", "run_artifacts",
+    "run_networks", "scan_groups", "typical_nll", "write_summary",
 ]

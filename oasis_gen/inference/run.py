@@ -25,10 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.handlers import ProgressBar
-from monai.data import DataLoader, Dataset
-from monai.data.utils import no_collation
-from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 from monai.metrics import PSNRMetric, SSIMMetric
 
@@ -44,8 +40,7 @@ from oasis_gen.pictures import save_png
 logger = logging.getLogger(__name__)
 
 __all__ = ["CodesInferer", "InferenceReport", "NetworkOutputs", "ScanInference", "ScanResult", "check_report",
-           "infer_scans", "inference_evaluator", "progress_handlers", "run_artifacts", "run_networks", "scan_groups",
-           "scan_loader", "write_summary"]
+           "run_artifacts", "run_networks", "scan_groups", "write_summary"]
 
 SUMMARY_COLUMNS = ("scan", "input", "kind", "slices", "ssim_mean", "psnr_mean", "atypicality_bits", "status",
                    "problem")
@@ -256,58 +251,6 @@ class ScanInference:
                     len(report.done), len(self.scans), report.slices, report.seconds, len(report.failed),
                     self.inference_dir)
         return report
-
-
-def scan_loader(scans: Sequence[ScanFile], batch_size: int = 32) -> DataLoader:
-    """The inference evaluator's data: a MONAI ``Dataset`` of :func:`scan_groups`, one group per iteration."""
-    return DataLoader(Dataset(scan_groups(scans, batch_size)), batch_size=1, collate_fn=no_collation)
-
-
-def progress_handlers(progress: bool = True) -> list:
-    """The inference evaluator's handlers: a progress bar over the groups of scans, if ``progress``."""
-    return [ProgressBar(desc="inference", persist=True)] if progress else []
-
-
-def inference_evaluator(step: ScanInference, progress: bool = True) -> SupervisedEvaluator:
-    """A MONAI ``SupervisedEvaluator`` over the step's scans (what ``inference.yaml``'s ``evaluator`` is): network
-    the VQ-VAE, inferer a :class:`CodesInferer`, iteration ``step``, a progress bar if ``progress``."""
-    return SupervisedEvaluator(
-        device=step.models.device, val_data_loader=scan_loader(step.scans, step.batch_size),
-        network=step.models.vqvae, inferer=CodesInferer(step.batch_size, step.amp), iteration_update=step,
-        val_handlers=progress_handlers(progress), decollate=False)
-
-
-def infer_scans(
-    scans: Sequence[ScanFile],
-    models: InferenceModels,
-    inference_dir: str | Path,
-    slice_axis: int | str = "axial",
-    min_brain_fraction: float = 0.1,
-    batch_size: int = 32,
-    amp: bool = False,
-    label: Any = None,
-    montage_slices: int = 16,
-    comparison_slices: int = 3,
-    progress: bool = True,
-) -> InferenceReport:
-    """
-    Run every scan through the VQ-VAE (and the prior), writing each scan's outputs as soon as it is done.
-
-    Args:
-        scans: from :func:`oasis_gen.inference.scans.find_inputs`.
-        models: from :func:`oasis_gen.inference.models.load_inference_models`.
-        inference_dir: where each scan's folder goes.
-        slice_axis, min_brain_fraction: how volumes are cut, and which planes count in their scores.
-        batch_size: planes per pass through the networks (slice files are batched together too).
-        amp: mixed precision on CUDA.
-        label: a fixed slice-position bucket for a conditional prior (``None``: each plane's own).
-        montage_slices, comparison_slices: how many planes of a volume its pictures show.
-        progress: show a progress bar over scans.
-    """
-    step = ScanInference(scans, models, inference_dir, slice_axis, min_brain_fraction, batch_size, amp, label,
-                         montage_slices, comparison_slices)
-    inference_evaluator(step, progress).run()
-    return step.report()
 
 
 def _process_group(settings: ScanInference, group: Sequence[ScanFile], inferer: CodesInferer

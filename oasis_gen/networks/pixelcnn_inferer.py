@@ -320,5 +320,4 @@ class PriorCodeBits(nn.Module):
         if self.prior.cond_num_embeddings is not None:
             factor = int(self.prior.cond_factor)
             cond = planes[:, at, ::factor, ::factor]
-        logits = self.prior(codes, labels=labels, cond=cond)
-        return F.cross_entropy(logits.float(), codes, reduction="none") / math.log(2.0)
+        return _bits(self.prior, codes, labels, cond)
