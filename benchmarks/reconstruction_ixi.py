@@ -53,7 +53,8 @@ DATASETS: dict[str, dict[str, object]] = {
     "ixi": {"slice_axis": "axial", "min_brain_fraction": 0.25},
     "demo": {},
 }
-# train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1)
+# train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1, batch 4,
+# channels-last)
 CANDIDATES: dict[str, dict[str, str]] = {
     "default": {},
     "base": {"channels": "[32,64]"},
@@ -72,11 +73,18 @@ class Setting:
     bundle_overrides: dict[str, str] = field(default_factory=dict)  # applied to every candidate
     baseline: dict[str, int] = field(default_factory=lambda: dict(BASELINE))
     baseline_batch_size: int = BASELINE_TRAINING["batch_size"]
-    # the time budget stops training at an epoch's end, and a whole IXI train split (~4,700 slices) takes 1.5-4 min
-    # per epoch on 2 CPU cores, longer than the smallest budget: an "epoch" of this many steps (the data loader
-    # carries on across them; a validation at each end) lets the budget act within about half a minute
-    epoch_steps: int = 100
+    # the time budget stops training at an epoch's end, and a whole IXI train split (~4,700 slices) takes 0.5-1.5 min
+    # per epoch on 2 CPU cores; a validation costs ~5 s whatever the epoch. An "epoch" of this many images, or of
+    # epoch_images_per_minute per budget minute when that is more (the data loader carries on across epochs; a
+    # validation at each end) lets the budget act within about half a minute and keeps validations near a tenth
+    # of longer budgets
+    epoch_images: int = 3200
+    epoch_images_per_minute: int = 320
 
+    def epoch_steps(self, minutes: float, batch_size: int) -> int:
+        """Trainer steps per epoch for a budget and batch size (0: the whole train split)."""
+        images = max(self.epoch_images, round(self.epoch_images_per_minute * minutes))
+        return math.ceil(images / batch_size) if images > 0 else 0
 
 FULL = Setting()
 # seconds, not minutes: 32x32 slices, a tiny VQ-VAE (8x8 codes, K=16) and a tiny baseline
@@ -86,7 +94,8 @@ QUICK = Setting(
                       "embedding_dim": "8", "val_interval": "1"},
     baseline={"channels": 8, "res_channels": 4, "num_embeddings": 16, "embedding_dim": 8},
     baseline_batch_size=4,
-    epoch_steps=0,
+    epoch_images=0,
+    epoch_images_per_minute=0,
 )
 QUICK_MINUTES = [0.04]
 # one bundle candidate: each costs ~20 s of bundle start-up however tiny; check_candidates covers the others' keys
@@ -126,7 +135,8 @@ def overrides(values: dict[str, object]) -> list[str]:
 
 
 def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, object], setting: Setting,
-                  work: Path, tag: str, max_epochs: int, epoch_steps: int, threads: int, train_slices: int) -> dict:
+                  work: Path, tag: str, max_epochs: int, epoch_steps: int | None, threads: int,
+                  train_slices: int) -> dict:
     """Train one candidate through train.yaml for a budget, evaluate it with evaluate.yaml; return its row."""
     out = work / f"{tag}-{name}-{minutes:g}min"
     log = out.with_suffix(".log")
@@ -134,6 +144,9 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
     log.write_text("")
     data = {"dataset_dir": dataset, **reader}
     common = overrides({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
+    batch_size = int({**bundle_defaults(), **setting.bundle_overrides, **CANDIDATES[name]}["batch_size"])
+    if epoch_steps is None:
+        epoch_steps = setting.epoch_steps(minutes, batch_size)
     epochs = {"train#trainer#epoch_length": epoch_steps} if epoch_steps > 0 else {}
     train_s = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.yaml"), *common,
                           *overrides({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
@@ -153,7 +166,8 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
         "budget_minutes": minutes, "model": name, "kind": "bundle", "settings": overrides_text,
         # epochs as passes over the train split, whatever the trainer's epoch length
         "parameters": int(config["parameters"]), "epochs": iterations / math.ceil(train_slices / batch_size),
-        "steps": iterations, "validations": iterations // int(last["trainer"]["epoch_length"]),
+        "steps": iterations, "epoch_steps": epoch_steps,
+        "validations": iterations // int(last["trainer"]["epoch_length"]),
         "trained_s": round(trained_s, 1), "images_per_s": round(iterations * batch_size / trained_s, 1),
         "ssim": summary["ssim"]["mean"], "ssim_std": summary["ssim"]["std"], "psnr": summary["psnr"]["mean"],
         "test_slices": summary["ssim"]["count"],
@@ -218,9 +232,9 @@ def markdown(result: dict) -> str:
         "PSNR in dB, both on reconstructions clamped to [0, 1]. Epochs (passes over the train split) and steps are "
         "what the budget allowed, "
         "trained the seconds from the first step to the end of training, images/s the training images per second "
-        "of them. The bundle's budget holds a validation each trainer epoch ("
-        f"{str(result['epoch_steps']) + ' steps' if result['epoch_steps'] else 'the whole train split'}) and stops "
-        "at the end of the last one that fits "
+        "of them. The bundle's budget holds a validation at each trainer epoch's end (epochs of "
+        f"{result['epoch_length']}; steps per epoch in the settings table) and stops at the end of the last epoch "
+        "that fits "
         "(so it can leave up to one of them unused); it is scored with its best-validated checkpoint. The "
         "baseline trains without validation, stops at the first step past the budget and is scored as it ends.",
         "",
@@ -240,10 +254,18 @@ def markdown(result: dict) -> str:
                          f"{row['epochs']:.1f} ({row['steps']}) | {row['trained_s']} | {row['images_per_s']} |")
         lines.append(f"| {model} | {first['parameters']:,} |" + "".join(cells))
     lines += ["", "| model | settings |", "|---|---|"]
-    lines += [f"| {model} | {next(r['settings'] for r in result['rows'] if r['model'] == model)} |" for model in models]
+    lines += [f"| {model} | {next(r['settings'] for r in result['rows'] if r['model'] == model)}"
+              f"{epoch_steps_text(result['rows'], model)} |" for model in models]
     lines += ["", f"Phases (s): data check and caching for the baseline {result['phases_s']['baseline_data']}; "
               f"total {result['phases_s']['total']}."]
     return "\n".join(lines) + "\n"
+
+
+def epoch_steps_text(rows: list[dict], model: str) -> str:
+    """A bundle model's steps per trainer epoch by budget, for the settings table ("" for the baseline)."""
+    steps = [f"{row['epoch_steps'] or 'the whole split'} at {row['budget_minutes']:g} min" for row in rows
+             if row["model"] == model and "epoch_steps" in row]
+    return f"; steps per epoch: {', '.join(steps)}" if steps else ""
 
 
 def check_sizes(report, name: str) -> None:
@@ -259,10 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[3.0, 10.0, 30.0], help="training budgets")
     parser.add_argument("--candidates", nargs="+", default=None, choices=list(CANDIDATES))
     parser.add_argument("--no-baseline", action="store_true", help="leave the baseline out")
+    parser.add_argument("--baseline-minutes", type=float, nargs="+", default=None,
+                        help="train the baseline at these of the budgets only (default: all of them)")
     parser.add_argument("--max-epochs", type=int, default=10_000, help="high, so that the budget is the limit")
     parser.add_argument("--epoch-steps", type=int, default=None,
                         help=f"bundle steps per epoch (validation and budget check at each end; 0: the whole train "
-                             f"split; default {FULL.epoch_steps}, --quick {QUICK.epoch_steps})")
+                             f"split; default: {FULL.epoch_images:,} images or {FULL.epoch_images_per_minute} per "
+                             "budget minute, whichever is more, at the candidate's batch size; --quick: the split)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every run")
     parser.add_argument("--seed", type=int, default=0, help="the baseline's seed (the bundle's is train.yaml's)")
     parser.add_argument("--work", default=None, help="where runs, logs and the MLflow store go")
@@ -278,7 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     minutes = QUICK_MINUTES if args.quick and args.minutes == parser.get_default("minutes") else args.minutes
     candidates = args.candidates or (QUICK_CANDIDATES if args.quick else list(CANDIDATES))
     check_candidates(candidates, setting)
-    epoch_steps = setting.epoch_steps if args.epoch_steps is None else args.epoch_steps
+    epoch_steps = args.epoch_steps  # None: by budget and batch size (Setting.epoch_steps)
+    epoch_length = (f"{args.epoch_steps} steps" if args.epoch_steps else "the whole train split"
+                    ) if args.epoch_steps is not None else (
+        f"{setting.epoch_images:,} images, or {setting.epoch_images_per_minute} per budget minute when that is more"
+        if setting.epoch_images else "the whole train split")
     temporary = tempfile.TemporaryDirectory(prefix="reconstruction-") if args.quick else None
     work = Path(args.work) if args.work else (Path(temporary.name) if temporary else ROOT / "runs" / "benchmarks")
     work = work.resolve()
@@ -321,14 +350,15 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(run_candidate(name, budget, dataset, reader, setting, work, tag, args.max_epochs,
                                       epoch_steps, args.threads, len(records["train"])))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
-        if not args.no_baseline:
+        if not args.no_baseline and (args.baseline_minutes is None or budget in args.baseline_minutes):
             rows.append(run_baseline(budget, train, test, setting, work, tag, args.seed))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
 
     command = ["python", "benchmarks/reconstruction_ixi.py", *(sys.argv[1:] if argv is None else argv)]
     result = {
         "dataset_name": dataset_name, "dataset": dataset, "quick": args.quick, "minutes": minutes,
-        "candidates": candidates, "baseline": not args.no_baseline, "epoch_steps": epoch_steps,
+        "candidates": candidates, "baseline": not args.no_baseline,
+        "baseline_minutes": args.baseline_minutes, "epoch_length": epoch_length,
         "image_size": setting.image_size, "threads": args.threads, "command": shlex.join(command),
         "machine": machine_summary(machine_record), "machine_info": machine_record,
         "data": {"layout": report.layout, "reader": reader or "train.yaml's",

@@ -103,3 +103,15 @@ def test_candidates_override_keys_train_yaml_has(monkeypatch):
     monkeypatch.setitem(CANDIDATES, "typo", {"chanels": "[8,16]"})
     with pytest.raises(SystemExit, match="chanels"):
         check_candidates(["typo"], FULL)
+
+
+def test_lever_screening_trains_each_candidate_for_its_budget_and_scores_it():
+    from reconstruction_levers import CANDIDATES as LEVERS
+    from reconstruction_levers import run_candidate
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (8, 1, 128, 128), dtype=torch.uint8, generator=generator)
+    validate = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8, generator=generator)
+    row = run_candidate("batch4", train, validate, minutes=0.002, seed=0)
+    assert row["settings"] == LEVERS["batch4"] and row["steps"] >= 1 and row["epochs"] == row["steps"] / 2
+    assert 0 < row["ssim"] <= 1 and math.isfinite(row["psnr"]) and row["parameters"] > 0

@@ -58,6 +58,25 @@ def test_training_writes_checkpoints_that_rebuild_the_model(trained):
     assert reconstruction.shape == (1, 1, 32, 32)
 
 
+def test_training_holds_the_network_channels_last_and_its_checkpoint_loads_in_either_layout(trained):
+    from oasis_gen.engines.steps import PrepareImageBatch
+    from oasis_gen.networks.vqvae import load_vqvae
+
+    state = torch.load(trained["out"] / "checkpoints" / "model.pt", weights_only=True)["model"]
+    weights = [value for value in state.values() if value.dim() == 4 and value.shape[1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w in weights)  # train.yaml's channels_last: true
+    network, _ = load_vqvae(trained["out"] / "checkpoints" / "model.pt")
+    network.eval()
+    images, _ = PrepareImageBatch(channels_last=True)({"image": torch.randint(0, 256, (3, 1, 32, 32),
+                                                                                 dtype=torch.uint8)})
+    assert images.is_contiguous(memory_format=torch.channels_last) and images.dtype == torch.float32
+    with torch.no_grad():
+        plain = network(images.contiguous())[0]
+        nhwc = network.to(memory_format=torch.channels_last)(images)[0]
+    assert torch.allclose(plain, nhwc, atol=1e-5)
+
+
 def test_training_run_is_recorded_in_mlflow(trained):
     client, runs = runs_of(trained["store"])
     assert len(runs) == 1, [r.info.run_name for r in runs]  # trainer and validator share one run

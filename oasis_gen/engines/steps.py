@@ -15,21 +15,31 @@ from oasis_gen.data.transforms import decode_intensity
 from oasis_gen.errors import ConfigError
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` (NHWC) or the usual contiguous layout, for a network's weights and its batches."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class PrepareImageBatch(PrepareBatch):
     """Move a batch's compactly cached images to the device, decode them to float [0, 1], pair them with themselves.
 
     An autoencoder's target is its input, so this returns ``(images, images)``.
+
+    Args:
+        key: the images' key in the batch.
+        channels_last: lay the images out channels-last (NHWC), as a network held in that layout runs fastest on.
     """
 
-    def __init__(self, key: str = "image"):
+    def __init__(self, key: str = "image", channels_last: bool = False):
         self.key = key
+        self.memory_format = memory_format(channels_last)
 
     def __call__(
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.as_tensor(batchdata[self.key]).to(device=device, non_blocking=non_blocking)
-        images = decode_intensity(images)
+        images = decode_intensity(images).contiguous(memory_format=self.memory_format)
         return images, images
 
 

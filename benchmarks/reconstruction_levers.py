@@ -1,0 +1,152 @@
+"""Screening of the VQ-VAE's levers at equal wall time, before the bundle benchmark confirms a choice.
+
+Each candidate (train.yaml's default network and training with some settings changed) trains for the same wall
+time on the same slices by a plain loop that does what the bundle's training step does (the network, VQVAELoss,
+AdamW, the budget's cosine schedule, codebook restarts every 20 steps), without the bundle's start-up, data
+caching and validations, so that many levers fit in an hour. Candidates are scored on the *validation* split
+(the test split is left for benchmarks/reconstruction_ixi.py, which runs the chosen ones through the bundle).
+
+    python benchmarks/reconstruction_levers.py --minutes 2.5 --candidates default channels_last lr4e-3
+    python benchmarks/reconstruction_levers.py --dataset demo --minutes 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from baseline_vqvae import evaluate
+from bench_machine import machine_info, machine_summary
+from bench_results import write_result
+from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, load_images
+
+from oasis_gen.data import check_dataset
+from oasis_gen.data.transforms import decode_intensity
+from oasis_gen.data.demo import demo_dataset
+from oasis_gen.engines.handlers import _LevelRestart
+from oasis_gen.engines.schedules import BudgetCosineLR
+from oasis_gen.engines.steps import VQVAELoss
+from oasis_gen.networks.vqvae import named_quantizers, vqvae_from_spec, vqvae_spec
+
+# each candidate: train.yaml keys it changes (network sizes and training settings alike)
+CANDIDATES: dict[str, dict[str, object]] = {
+    "default": {},
+    "channels_last": {"channels_last": True},
+    "lr4e-3": {"channels_last": True, "learning_rate": 4e-3},
+    "lr1e-3": {"channels_last": True, "learning_rate": 1e-3},
+    "batch8": {"channels_last": True, "batch_size": 8},
+    "batch32": {"channels_last": True, "batch_size": 32},
+    "batch4": {"channels_last": True, "batch_size": 4},
+    "batch8-lr1e-3": {"channels_last": True, "batch_size": 8, "learning_rate": 1e-3},
+    "batch8-lr3e-3": {"channels_last": True, "batch_size": 8, "learning_rate": 3e-3},
+    "K512": {"channels_last": True, "num_embeddings": 512},
+    "K1024": {"channels_last": True, "num_embeddings": 1024},
+    "mse": {"channels_last": True, "reconstruction_loss": "mse"},
+    "ssim0.5": {"channels_last": True, "ssim_loss_weight": 0.5},
+    "ch16-48": {"channels_last": True, "channels": [16, 48]},
+    "ch24-48": {"channels_last": True, "channels": [24, 48]},
+    "ch8-32": {"channels_last": True, "channels": [8, 32]},
+    "res2": {"channels_last": True, "num_res_layers": 2},
+    "D64": {"channels_last": True, "embedding_dim": 64},
+    "D16": {"channels_last": True, "embedding_dim": 16},
+}
+SPEC_KEYS = ("image_size", "num_downsamplings", "channels", "num_res_layers", "num_res_channels", "num_embeddings",
+             "embedding_dim", "commitment_cost", "top_downsamplings", "top_num_embeddings", "top_only_rate",
+             "top_negative_slope")
+
+
+def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minutes: float, seed: int) -> dict:
+    """Train one candidate for a wall-time budget; return its validation scores and what the budget allowed."""
+    settings = {**bundle_defaults(), **CANDIDATES[name]}
+    torch.manual_seed(seed)
+    spec = vqvae_spec(**{key: settings[key] for key in SPEC_KEYS}, decay=settings["ema_decay"])
+    network = vqvae_from_spec(spec)
+    layout = torch.channels_last if settings.get("channels_last") else torch.contiguous_format
+    network = network.to(memory_format=layout)
+    loss_function = VQVAELoss(settings["reconstruction_loss"], ssim_weight=float(settings["ssim_loss_weight"]))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=float(settings["learning_rate"]),
+                                  weight_decay=float(settings["weight_decay"]))
+    batch_size = int(settings["batch_size"])
+    steps_per_epoch = math.ceil(train.shape[0] / batch_size)
+    schedule = BudgetCosineLR(optimizer, total_steps=10_000 * steps_per_epoch, minutes=minutes, eta_min_ratio=0.05)
+    interval = int(settings["codebook_restart_interval"])
+    levels = [_LevelRestart(q) for q in named_quantizers(network).values()]  # what CodebookRestart does per level
+    generator = torch.Generator().manual_seed(seed)
+    network.train()
+    steps = 0
+    start = time.perf_counter()
+    done = False
+    while not done:
+        order = torch.randperm(train.shape[0], generator=generator)
+        for first in range(0, train.shape[0], batch_size):
+            batch = decode_intensity(train[order[first:first + batch_size]]).contiguous(memory_format=layout)
+            loss = loss_function(network(batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            steps += 1
+            if (steps - 1) % interval == 0:
+                for level in levels:
+                    level.restart()
+            if time.perf_counter() - start >= minutes * 60.0:
+                done = True
+                break
+    seconds = time.perf_counter() - start
+    scores = evaluate(network, validate)
+    ssim = np.asarray(scores["ssim"], dtype=float)
+    psnr = np.asarray(scores["psnr"], dtype=float)
+    return {"model": name, "settings": CANDIDATES[name], "minutes": minutes, "steps": steps,
+            "epochs": round(steps / steps_per_epoch, 2), "images_per_s": round(steps * batch_size / seconds, 1),
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "ssim": round(float(np.nanmean(ssim)), 4), "ssim_std": round(float(np.nanstd(ssim)), 4),
+            "psnr": round(float(np.nanmean(psnr)), 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ixi", choices=["ixi", "demo"])
+    parser.add_argument("--minutes", type=float, default=2.5)
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    machine = machine_info("cpu")
+    defaults = bundle_defaults()
+    dataset, reader = (str(IXI), DATASETS["ixi"]) if args.dataset == "ixi" else (
+        demo_dataset(str(ROOT / "data" / "demo")), {})
+    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
+                           axis=reader.get("slice_axis", defaults["slice_axis"]),
+                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
+                           required_splits=["train", "validate"], progress=False)
+    records = report.usable()
+    train = load_images(records["train"], int(defaults["image_size"]))
+    validate = load_images(records["validate"], int(defaults["image_size"]))
+    rows = []
+    for name in args.candidates:
+        rows.append(run_candidate(name, train, validate, args.minutes, args.seed))
+        print(json.dumps(rows[-1]), flush=True)
+    tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
+    lines = [f"# VQ-VAE levers at equal wall time ({args.minutes:g} min each), {args.dataset}, validation split",
+             "", f"Machine: {machine_summary(machine)}",
+             f"Slices: train {len(train)}, validate {len(validate)}. Plain training loop (no bundle start-up, "
+             "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions.",
+             f"Command: `python benchmarks/reconstruction_levers.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(), "",
+             "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['settings'] or 'train.yaml'} | {r['parameters']:,} | {r['images_per_s']} | "
+              f"{r['epochs']} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['psnr']:.2f} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
