@@ -68,9 +68,13 @@ def test_training_holds_the_network_channels_last_and_its_checkpoint_loads_in_ei
                            for w in weights)  # train.yaml's channels_last: true
     network, _ = load_vqvae(trained["out"] / "checkpoints" / "model.pt")
     network.eval()
-    images, _ = PrepareImageBatch(channels_last=True)({"image": torch.randint(0, 256, (3, 1, 32, 32),
-                                                                                 dtype=torch.uint8)})
+    from monai.data import MetaTensor
+
+    cached = MetaTensor(torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8), meta={"filename_or_obj": "a.png"})
+    images, _ = PrepareImageBatch(channels_last=True)({"image": cached})
     assert images.is_contiguous(memory_format=torch.channels_last) and images.dtype == torch.float32
+    assert type(images) is torch.Tensor  # no MetaTensor bookkeeping through the network
+    assert torch.allclose(images * 255, cached.as_tensor().float(), atol=1e-3)
     with torch.no_grad():
         plain = network(images.contiguous())[0]
         nhwc = network.to(memory_format=torch.channels_last)(images)[0]
