@@ -53,7 +53,7 @@ DATASETS: dict[str, dict[str, object]] = {
     "ixi": {"slice_axis": "axial", "min_brain_fraction": 0.25},
     "demo": {},
 }
-# train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1, batch 4,
+# train.yaml overrides per candidate; "default" is train.yaml as it stands ([16,32], K=256, D=32, L1, batch 16,
 # channels-last)
 CANDIDATES: dict[str, dict[str, str]] = {
     "default": {},
