@@ -225,7 +225,8 @@ def test_images_encode_to_both_grids_and_decode_back_to_the_eval_reconstruction(
 # ------------------------------------------------------------------ handlers
 
 
-def run_engine(network: torch.nn.Module, handlers: list, iterations: int = 3, mode: str = "train") -> Engine:
+def run_engine(network: torch.nn.Module, handlers: list, iterations: int = 3, mode: str = "train",
+               epochs: int = 1) -> Engine:
     """An ignite engine whose every iteration runs the network on a batch, as MONAI's trainer and evaluator do."""
     batches = [images(4, seed) for seed in range(iterations)]
     network.train(mode == "train")
@@ -237,7 +238,7 @@ def run_engine(network: torch.nn.Module, handlers: list, iterations: int = 3, mo
     engine = Engine(step)
     for handler in handlers:
         handler.attach(engine)
-    engine.run(batches, max_epochs=1)
+    engine.run(batches, max_epochs=epochs)
     return engine
 
 
@@ -257,6 +258,24 @@ def test_codebook_usage_reports_both_levels_and_keeps_single_level_names():
     single = vqvae_from_spec(vqvae_spec(**TINY))
     assert set(run_engine(single, [CodebookUsage(single)]).state.metrics) == {"codebook_perplexity",
                                                                              "codebook_unused"}
+
+
+def test_codebook_usage_warns_once_when_a_codebook_collapses(caplog):
+    network = two_level()
+    top = network.top_quantizer.quantizer
+    with torch.no_grad():  # every top code the same vector: each top position picks code 0
+        top.embedding.weight.copy_(top.embedding.weight[:1].expand_as(top.embedding.weight))
+    usage = CodebookUsage(network, mode="eval", prefix="val_codebook")
+    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers"):
+        engine = run_engine(network, [usage], mode="eval", epochs=2)
+    assert engine.state.metrics["val_codebook_top_perplexity"] == 1.0
+    warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 1 and "the top codebook has collapsed: validation uses 1 of its 8 codes" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers"):
+        healthy = two_level()
+        run_engine(healthy, [CodebookUsage(healthy, mode="eval")], mode="eval")
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
 
 
 def test_codebook_restart_reseeds_both_levels():

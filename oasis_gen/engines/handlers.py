@@ -58,14 +58,21 @@ class CodebookUsage:
     does not mix into the training figures. Under DDP the counts of all ranks are summed (attach it on every rank).
     A two-level VQ-VAE's top codebook is published with ``top`` in the name (``codebook_top_perplexity``); the bottom
     one keeps the single-level names (``codebook_perplexity``).
+
+    A codebook whose perplexity falls below ``collapse_perplexity`` is logged as a warning, once per level: its
+    codes then say next to nothing about the image (a collapsed top level still lets the bottom one reconstruct
+    well, so SSIM does not show it, but it leaves the top prior nothing to learn).
     """
 
-    def __init__(self, network: nn.Module, mode: str = "train", prefix: str = "codebook"):
+    def __init__(self, network: nn.Module, mode: str = "train", prefix: str = "codebook",
+                 collapse_perplexity: float = 2.0):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', not {mode!r}")
         self.network = network
         self.training = mode == "train"
         self.prefix = prefix
+        self.collapse_perplexity = float(collapse_perplexity)
+        self.collapsed: set[str] = set()
         self.counts: dict[str, torch.Tensor] | None = None
         self.num_embeddings: dict[str, int] = {}
         self._hooks: list[Any] = []
@@ -90,8 +97,17 @@ class CodebookUsage:
         if self.counts is None:
             return
         for level, counts in self.counts.items():
-            for key, value in codebook_health(all_reduce_sum(counts)).items():
+            health = codebook_health(all_reduce_sum(counts))
+            for key, value in health.items():
                 engine.state.metrics[metric_name(self.prefix, level, key)] = value
+            if 0 < health["perplexity"] < self.collapse_perplexity and level not in self.collapsed:
+                self.collapsed.add(level)
+                logger.warning(
+                    "the %s codebook has collapsed: %s uses %d of its %d codes (%s %.2f); its codes now carry "
+                    "almost nothing about the image. Seen with small batches or high learning rates: try a larger "
+                    "batch_size or a lower learning_rate", level or "bottom", "training" if self.training else
+                    "validation", int((counts > 0).sum()), int(counts.numel()),
+                    metric_name(self.prefix, level, "perplexity"), health["perplexity"])
 
 
 class _LevelRestart:
