@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,8 @@ from bench_results import write_result
 from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, load_images
 
 from oasis_gen.data import check_dataset
-from oasis_gen.data.transforms import decode_intensity
 from oasis_gen.data.demo import demo_dataset
+from oasis_gen.data.transforms import decode_intensity
 from oasis_gen.engines.handlers import _LevelRestart
 from oasis_gen.engines.schedules import BudgetCosineLR
 from oasis_gen.engines.steps import VQVAELoss
@@ -140,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.candidates:
         rows.append(run_candidate(name, train, validate, args.minutes, args.seed))
         print(json.dumps(rows[-1]), flush=True)
+    command = shlex.join(["python", "benchmarks/reconstruction_levers.py", *(sys.argv[1:] if argv is None else argv)])
     tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
     lines = [f"# VQ-VAE levers at equal wall time ({args.minutes:g} min each), {args.dataset}, validation split",
              "", f"Machine: {machine_summary(machine)}",
              f"Slices: train {len(train)}, validate {len(validate)}. Plain training loop (no bundle start-up, "
              "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions.",
-             f"Command: `python benchmarks/reconstruction_levers.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(), "",
-             "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR |", "|---|---|---:|---:|---:|---:|---:|"]
+             f"Command: `{command}`", "",
+             "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['settings'] or 'train.yaml'} | {r['parameters']:,} | {r['images_per_s']} | "
               f"{r['epochs']} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['psnr']:.2f} |" for r in rows]
     text = "\n".join(lines) + "\n"
