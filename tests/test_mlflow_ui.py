@@ -196,7 +196,9 @@ def test_metric_charts_are_drawn(browser, ui, shown):
     assert {"val_ssim", "val_psnr", "val_mse"} <= set(metrics)
     # the reconstructions logged with a step have a card of their own among the model metrics
     drawn = show_metric_charts(browser, ui, shown.experiment_id, shown.run_id, metrics, search="val_", cards=1)
-    assert len(metrics) <= drawn <= len(metrics) + 1 < len(shown.run.data.metrics)  # the other metrics hidden
+    # the page draws the charts in view first (six at most) and the rest as it gets to them: under load the count can
+    # be taken before those are drawn
+    assert min(len(metrics), 6) <= drawn <= len(metrics) + 1 < len(shown.run.data.metrics)  # the others hidden
     if SCREENSHOTS:
         for path in take_screenshots(browser, ui, shown.run, shown.picture, SCREENSHOTS):
             assert Image.open(path).size == (1400, 1000)
