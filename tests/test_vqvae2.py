@@ -270,7 +270,8 @@ def test_codebook_usage_warns_once_when_a_codebook_collapses(caplog):
         engine = run_engine(network, [usage], mode="eval", epochs=2)
     assert engine.state.metrics["val_codebook_top_perplexity"] == 1.0
     warnings = [r.getMessage() for r in caplog.records if "top codebook has collapsed" in r.getMessage()]
-    assert warnings == [warnings[0]] and "the top codebook has collapsed: validation uses 1 of its 8 codes" in warnings[0]
+    assert len(warnings) == 1  # once, though both epochs saw it
+    assert "the top codebook has collapsed: validation uses 1 of its 8 codes" in warnings[0]
     # codes seeded on encoder outputs (CodebookRestart's first check) are all in use: no warning
     caplog.clear()
     healthy = two_level()
