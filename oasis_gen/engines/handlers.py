@@ -97,7 +97,8 @@ class CodebookUsage:
         if self.counts is None:
             return
         for level, counts in self.counts.items():
-            health = codebook_health(all_reduce_sum(counts))
+            counts = all_reduce_sum(counts)  # every rank's, under DDP
+            health = codebook_health(counts)
             for key, value in health.items():
                 engine.state.metrics[metric_name(self.prefix, level, key)] = value
             if 0 < health["perplexity"] < self.collapse_perplexity and level not in self.collapsed:

@@ -39,8 +39,8 @@ class PrepareImageBatch(PrepareBatch):
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # a plain tensor: MONAI's MetaTensor would track metadata through every layer of the network, which costs
-        # ~5 ms of Python a training step on the CPU (the batch itself keeps its metadata for the handlers)
+        # a plain tensor: MONAI's MetaTensor would track its metadata through every operation of the network (~160k
+        # MetaTensor.__torch_function__ calls in 300 steps of a profiled IXI run); the batch keeps its metadata
         images = convert_to_tensor(batchdata[self.key], track_meta=False).to(device=device, non_blocking=non_blocking)
         images = decode_intensity(images).contiguous(memory_format=self.memory_format)
         return images, images
