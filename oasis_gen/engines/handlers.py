@@ -105,8 +105,8 @@ class CodebookUsage:
                 self.collapsed.add(level)
                 logger.warning(
                     "the %s codebook has collapsed: %s uses %d of its %d codes (%s %.2f); its codes now carry "
-                    "almost nothing about the image. Seen with small batches or high learning rates: try a larger "
-                    "batch_size or a lower learning_rate", level or "bottom", "training" if self.training else
+                    "almost nothing about the image (seen on real data with a two-level VQ-VAE's top level: see "
+                    "'Codebook restarts' in the bundle docs)", level or "bottom", "training" if self.training else
                     "validation", int((counts > 0).sum()), int(counts.numel()),
                     metric_name(self.prefix, level, "perplexity"), health["perplexity"])
 
