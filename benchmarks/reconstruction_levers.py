@@ -30,7 +30,7 @@ from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, lo
 from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
 from oasis_gen.data.transforms import decode_intensity
-from oasis_gen.engines.handlers import _LevelRestart
+from oasis_gen.engines.handlers import _LevelRestart, codebook_health
 from oasis_gen.engines.schedules import BudgetCosineLR
 from oasis_gen.engines.steps import VQVAELoss
 from oasis_gen.networks.vqvae import named_quantizers, vqvae_from_spec, vqvae_spec
@@ -62,14 +62,38 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "res2": {**B16, "num_res_layers": 2},
     "D64": {**B16, "embedding_dim": 64},
     "D16": {**B16, "embedding_dim": 16},
+    # the top level's coarse image term (top_image_weight, 0.25 since 2026-12-03) against none, as before it
+    "no_top_image": {**B16, "top_image_weight": 0.0},
+    "batch8-no_top_image": {"batch_size": 8, "top_image_weight": 0.0},
+    "batch4-no_top_image": {"batch_size": 4, "top_image_weight": 0.0},
+    "top_image1": {**B16, "top_image_weight": 1.0},
 }
 SPEC_KEYS = ("image_size", "num_downsamplings", "channels", "num_res_layers", "num_res_channels", "num_embeddings",
              "embedding_dim", "commitment_cost", "top_downsamplings", "top_num_embeddings", "top_only_rate",
-             "top_negative_slope")
+             "top_negative_slope", "top_image_weight")
 
 
-def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minutes: float, seed: int) -> dict:
-    """Train one candidate for a wall-time budget; return its validation scores and what the budget allowed."""
+def top_perplexity(network: torch.nn.Module, images: torch.Tensor) -> float | None:
+    """Perplexity of the top codes of some slices (None for a single-level VQ-VAE); leaves the network training."""
+    if "top" not in named_quantizers(network):
+        return None
+    network.eval()
+    with torch.no_grad():
+        top_codes = network.index_quantize(images)[0]
+    network.train()
+    return codebook_health(torch.bincount(top_codes.flatten()))["perplexity"]
+
+
+def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minutes: float, seed: int,
+                  schedule_minutes: float | None = None, watch_every: int = 250) -> dict:
+    """Train one candidate for a wall-time budget; return its validation scores and what the budget allowed.
+
+    Args:
+        schedule_minutes: the budget the learning-rate cosine anneals over (default ``minutes``): a longer one
+            trains the first minutes of a longer run, where a top codebook that collapses does so.
+        watch_every: every so many steps, the top codebook's perplexity on 128 validation slices is taken (its
+            last and lowest values are reported).
+    """
     settings = {**bundle_defaults(), **CANDIDATES[name]}
     torch.manual_seed(seed)
     spec = vqvae_spec(**{key: settings[key] for key in SPEC_KEYS}, decay=settings["ema_decay"])
@@ -81,7 +105,10 @@ def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minute
                                   weight_decay=float(settings["weight_decay"]))
     batch_size = int(settings["batch_size"])
     steps_per_epoch = math.ceil(train.shape[0] / batch_size)
-    schedule = BudgetCosineLR(optimizer, total_steps=10_000 * steps_per_epoch, minutes=minutes, eta_min_ratio=0.05)
+    schedule = BudgetCosineLR(optimizer, total_steps=10_000 * steps_per_epoch, minutes=schedule_minutes or minutes,
+                              eta_min_ratio=0.05)
+    watched = decode_intensity(validate[:: max(1, len(validate) // 128)][:128]).contiguous(memory_format=layout)
+    perplexities = []
     interval = int(settings["codebook_restart_interval"])
     levels = [_LevelRestart(q) for q in named_quantizers(network).values()]  # what CodebookRestart does per level
     generator = torch.Generator().manual_seed(seed)
@@ -102,10 +129,13 @@ def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minute
             if (steps - 1) % interval == 0:
                 for level in levels:
                     level.restart()
+            if steps % watch_every == 0:
+                perplexities.append(top_perplexity(network, watched))
             if time.perf_counter() - start >= minutes * 60.0:
                 done = True
                 break
     seconds = time.perf_counter() - start
+    perplexities.append(top_perplexity(network, watched))
     scores = evaluate(network, validate)
     ssim = np.asarray(scores["ssim"], dtype=float)
     psnr = np.asarray(scores["psnr"], dtype=float)
@@ -113,13 +143,25 @@ def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minute
             "epochs": round(steps / steps_per_epoch, 2), "images_per_s": round(steps * batch_size / seconds, 1),
             "parameters": sum(p.numel() for p in network.parameters()),
             "ssim": round(float(np.nanmean(ssim)), 4), "ssim_std": round(float(np.nanstd(ssim)), 4),
-            "psnr": round(float(np.nanmean(psnr)), 2)}
+            "psnr": round(float(np.nanmean(psnr)), 2),
+            "top_perplexity": None if perplexities[-1] is None else round(perplexities[-1], 1),
+            "top_perplexity_lowest": None if perplexities[-1] is None else round(min(perplexities), 1)}
+
+
+def top_cell(row: dict) -> str:
+    """The table's top-perplexity cell: last (lowest), or '-' for one level."""
+    if row["top_perplexity"] is None:
+        return "-"
+    return f"{row['top_perplexity']} ({row['top_perplexity_lowest']})"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ixi", choices=["ixi", "demo"])
     parser.add_argument("--minutes", type=float, default=2.5)
+    parser.add_argument("--schedule-minutes", type=float, default=None,
+                        help="anneal the learning rate over this budget (default: --minutes), e.g. 30 to train the "
+                             "first minutes of a 30-minute run")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=None)
@@ -139,19 +181,25 @@ def main(argv: list[str] | None = None) -> None:
     validate = load_images(records["validate"], int(defaults["image_size"]))
     rows = []
     for name in args.candidates:
-        rows.append(run_candidate(name, train, validate, args.minutes, args.seed))
+        rows.append(run_candidate(name, train, validate, args.minutes, args.seed, args.schedule_minutes))
         print(json.dumps(rows[-1]), flush=True)
     command = shlex.join(["python", "benchmarks/reconstruction_levers.py", *(sys.argv[1:] if argv is None else argv)])
     tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
+    schedule = (f"; the learning rate anneals over {args.schedule_minutes:g} minutes (the start of a run of that "
+                "budget)" if args.schedule_minutes else "")
     lines = [f"# VQ-VAE levers at equal wall time ({args.minutes:g} min each), {args.dataset}, validation split",
              "", f"Machine: {machine_summary(machine)}",
              f"Slices: train {len(train)}, validate {len(validate)}. Plain training loop (no bundle start-up, "
-             "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions.",
+             "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions"
+             f"{schedule}. Top perplexity: of the top codes of 128 validation slices at the end, and the lowest "
+             "taken every 250 steps (1: the top codebook collapsed to one code).",
              f"Command: `{command}`", "",
-             "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR | top perplexity (lowest) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['settings'] or 'train.yaml'} | {r['parameters']:,} | {r['images_per_s']} | "
-              f"{r['epochs']} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['psnr']:.2f} |" for r in rows]
+              f"{r['epochs']} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['psnr']:.2f} | "
+              f"{top_cell(r)} |"
+              for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows})

@@ -112,6 +112,8 @@ def test_lever_screening_trains_each_candidate_for_its_budget_and_scores_it():
     generator = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (8, 1, 128, 128), dtype=torch.uint8, generator=generator)
     validate = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8, generator=generator)
-    row = run_candidate("batch4", train, validate, minutes=0.002, seed=0)  # train.yaml: batch 4
+    row = run_candidate("batch4", train, validate, minutes=0.002, seed=0, watch_every=1)
     assert row["settings"] == LEVERS["batch4"] and row["steps"] >= 1 and row["epochs"] == row["steps"] / 2
     assert 0 < row["ssim"] <= 1 and math.isfinite(row["psnr"]) and row["parameters"] > 0
+    # the two-level default's top codebook is watched: 1 <= lowest <= last <= its 64 codes
+    assert 1.0 <= row["top_perplexity_lowest"] <= row["top_perplexity"] <= 64

@@ -130,8 +130,31 @@ def test_the_top_level_uses_leaky_relu_and_specs_saved_before_it_keep_relu():
     assert _activations(network.top_encoder) == _activations(network.top_decoder) == {"LeakyReLU"}
     assert _activations(network.bottom_encoder) == _activations(network.decoder) == {"ReLU"}
     older = {k: v for k, v in vqvae_spec(**TWO).state_dict().items() if k not in ("top_negative_slope",
-                                                                                 "top_only_rate")}
+                                                                                 "top_only_rate", "top_image_weight")}
     assert _activations(vqvae_from_spec(older).top_encoder) == {"ReLU"}  # a checkpoint's behaviour never changes
+    assert vqvae_from_spec(older).top_image_head is None  # ... nor its weights: no head it never had
+
+
+def test_training_adds_the_top_levels_coarse_image_term_to_the_loss():
+    network, x = two_level(), images(4)
+    plain = vqvae_from_spec(vqvae_spec(**TWO, top_image_weight=0))
+    plain.load_state_dict({k: v for k, v in network.state_dict().items() if not k.startswith("top_image_head")})
+    # the head reads the images averaged over each bottom cell (4x4 pixels here) from the decoded top codes (taken
+    # before the training forward, whose EMA step moves the codebook after quantizing)
+    with torch.no_grad():
+        top_up = network.top_decoder(network.top_quantizer.embed(network.index_quantize(x)[0]))
+        expected = (network.top_image_head(top_up) - torch.nn.functional.avg_pool2d(x, 4)).abs().mean()
+    torch.manual_seed(5)
+    _, loss = network.train()(x)
+    torch.manual_seed(5)
+    _, commitment = plain.train()(x)
+    torch.testing.assert_close(network.last_terms["top_image_loss"], expected)
+    torch.testing.assert_close(loss, commitment + 0.25 * expected)
+    loss.backward()
+    assert network.top_image_head.conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.top_encoder.parameters())
+    with torch.no_grad():  # evaluation returns the commitment losses alone, as MONAI's VQVAE
+        torch.testing.assert_close(network.eval()(x)[1], plain.eval()(x)[1])
 
 
 def test_both_quantizers_all_reduce_their_codebook_statistics_under_ddp():
@@ -171,6 +194,7 @@ def test_a_two_level_spec_records_the_top_level():
     spec = vqvae_spec(**TWO)
     assert spec["top_downsamplings"] == 2 and spec["top_num_embeddings"] == 8 and spec["top_grid_size"] == 2
     assert spec["grid_size"] == 8 and spec["top_only_rate"] == 0.0 and spec["top_negative_slope"] == 0.1
+    assert spec["top_image_weight"] == 0.25
     assert vqvae_spec(**TWO, top_only_rate="0.25")["top_only_rate"] == 0.25  # a command-line string
     assert vqvae_spec(**TINY, top_downsamplings=1)["top_num_embeddings"] == 16  # None: the bottom's K
     assert vqvae_spec(**TINY, top_downsamplings=1, top_num_embeddings="null")["top_num_embeddings"] == 16
@@ -185,6 +209,8 @@ def test_a_two_level_spec_records_the_top_level():
     ({"top_downsamplings": 1, "top_only_rate": 1.0}, "top_only_rate", "must be in \\[0, 1\\), not 1.0"),
     ({"top_downsamplings": 1, "top_only_rate": "half"}, "top_only_rate", "expected a share"),
     ({"top_downsamplings": 1, "top_negative_slope": -0.1}, "top_negative_slope", "must be in \\[0, 1\\)"),
+    ({"top_downsamplings": 1, "top_image_weight": -1}, "top_image_weight", "must be 0 or more, not -1"),
+    ({"top_downsamplings": 1, "top_image_weight": "high"}, "top_image_weight", "expected a number"),
     ({"image_size": 24, "num_downsamplings": 2, "top_downsamplings": 2}, "top_downsamplings",
      "6x6 is not divisible .*at most 1 top downsamplings"),
 ])
@@ -313,12 +339,14 @@ def test_train_yaml_trains_a_two_level_vqvae(tmp_path):
     with torch.no_grad():
         top_codes, bottom_codes = network.index_quantize(torch.rand(1, 1, 32, 32))
     assert top_codes.shape == (1, 4, 4) and bottom_codes.shape == (1, 8, 8)
+    assert spec["top_image_weight"] == 0.25 and network.top_image_head is not None
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("oasis-gen").experiment_id])
     assert run.info.run_name.startswith("vqvae-32px-K16-D8-top4K16-")
     assert run.data.params["top_downsamplings"] == "1" and run.data.params["top_code_grid"] == "4"
-    for name in ("codebook_top_perplexity", "codebook_top_unused", "codebook_perplexity", "codebook_top_restarted",
-                 "val_codebook_top_perplexity", "val_codebook_top_unused", "val_ssim"):
+    assert run.data.params["top_image_weight"] == "0.25"
+    for name in ("top_image_loss", "codebook_top_perplexity", "codebook_top_unused", "codebook_perplexity",
+                 "codebook_top_restarted", "val_codebook_top_perplexity", "val_codebook_top_unused", "val_ssim"):
         assert name in run.data.metrics, name
 
 

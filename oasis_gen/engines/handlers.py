@@ -105,8 +105,8 @@ class CodebookUsage:
                 self.collapsed.add(level)
                 logger.warning(
                     "the %s codebook has collapsed: %s uses %d of its %d codes (%s %.2f); its codes now carry "
-                    "almost nothing about the image (seen on real data with a two-level VQ-VAE's top level: see "
-                    "'Codebook restarts' in the bundle docs)", level or "bottom", "training" if self.training else
+                    "almost nothing about the image (a two-level VQ-VAE's top level did so on real scans without "
+                    "top_image_weight: see the bundle docs)", level or "bottom", "training" if self.training else
                     "validation", int((counts > 0).sum()), int(counts.numel()),
                     metric_name(self.prefix, level, "perplexity"), health["perplexity"])
 
@@ -241,10 +241,15 @@ class TimeBudget:
 
 
 class LossTerms:
-    """Average the loss function's separate terms (reconstruction, quantization, ...) over each epoch."""
+    """Average the loss function's separate terms (reconstruction, quantization, ...) over each epoch.
 
-    def __init__(self, loss_function: nn.Module):
+    With ``network``, the terms the network keeps in its own ``last_terms`` are averaged too (a two-level VQ-VAE's
+    ``top_image_loss``, part of the quantization loss it returns).
+    """
+
+    def __init__(self, loss_function: nn.Module, network: nn.Module | None = None):
         self.loss_function = loss_function
+        self.network = network
         self.sums: dict[str, float] = {}
         self.count = 0
 
@@ -257,7 +262,10 @@ class LossTerms:
         self.sums, self.count = {}, 0
 
     def _add(self, engine: Engine) -> None:
-        for key, value in getattr(self.loss_function, "last_terms", {}).items():
+        terms = dict(getattr(self.loss_function, "last_terms", {}))
+        if self.network is not None:
+            terms.update(getattr(unwrap(self.network), "last_terms", {}))
+        for key, value in terms.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.count += 1
 

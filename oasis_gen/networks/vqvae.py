@@ -52,6 +52,7 @@ def vqvae_spec(
     top_num_embeddings: int | None = None,
     top_only_rate: float = 0.0,
     top_negative_slope: float = 0.1,
+    top_image_weight: float = 0.25,
 ) -> ModelSpec:
     """
     Validate VQ-VAE sizes and return them as a spec (clear errors for sizes that cannot work).
@@ -61,7 +62,8 @@ def vqvae_spec(
     ``top_num_embeddings`` (None: ``num_embeddings``), recorded as ``top_downsamplings``, ``top_num_embeddings`` and
     ``top_grid_size`` (:class:`~oasis_gen.networks.vqvae2.TwoLevelVQVAE`), with ``top_only_rate`` (the share of
     training images decoded from the top codes alone) and ``top_negative_slope`` (LeakyReLU in the top encoder and
-    decoder; checkpoints saved before it existed mean 0, ReLU).
+    decoder; checkpoints saved before it existed mean 0, ReLU) and ``top_image_weight`` (the weight of the top
+    level's own coarse image in the loss; saved before it existed: 0, no such term).
     """
     if int(num_downsamplings) < 1:
         raise ConfigError("num_downsamplings", f"must be at least 1, not {num_downsamplings}")
@@ -83,11 +85,12 @@ def vqvae_spec(
         output_act=output_act, grid_size=grid,
     )
     return ModelSpec(**values, **_top_level(grid, top_downsamplings, top_num_embeddings, int(num_embeddings),
-                                            top_only_rate, top_negative_slope))
+                                            top_only_rate, top_negative_slope, top_image_weight))
 
 
 def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_embeddings: int,
-               top_only_rate: Any = 0.0, top_negative_slope: Any = 0.1) -> dict[str, Any]:
+               top_only_rate: Any = 0.0, top_negative_slope: Any = 0.1, top_image_weight: Any = 0.25
+               ) -> dict[str, Any]:
     """The spec keys of the top level (none for a single-level VQ-VAE), validated against the bottom grid."""
     try:
         levels = int(top_downsamplings or 0)
@@ -124,8 +127,15 @@ def _top_level(grid: int, top_downsamplings: Any, top_num_embeddings: Any, num_e
         raise ConfigError("top_negative_slope", f"expected a number, not {top_negative_slope!r}") from None
     if not 0.0 <= slope < 1.0:
         raise ConfigError("top_negative_slope", f"LeakyReLU's negative slope must be in [0, 1), not {slope}")
+    try:
+        image_weight = float(top_image_weight)
+    except (TypeError, ValueError):
+        raise ConfigError("top_image_weight", f"expected a number, not {top_image_weight!r}") from None
+    if not image_weight >= 0.0:
+        raise ConfigError("top_image_weight", f"the weight of the top level's image term must be 0 or more, "
+                                              f"not {top_image_weight}")
     return {"top_downsamplings": levels, "top_num_embeddings": top_k, "top_grid_size": grid // factor,
-            "top_only_rate": rate, "top_negative_slope": slope}
+            "top_only_rate": rate, "top_negative_slope": slope, "top_image_weight": image_weight}
 
 
 def _max_levels(grid: int) -> int:
@@ -147,7 +157,7 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
             top_num_embeddings=s["top_num_embeddings"], embedding_dim=s["embedding_dim"],
             commitment_cost=s["commitment_cost"], decay=s["decay"], downsample_parameters=DOWNSAMPLE,
             upsample_parameters=UPSAMPLE, output_act=s["output_act"], top_only_rate=s.get("top_only_rate", 0.0),
-            top_negative_slope=s.get("top_negative_slope", 0.0),
+            top_negative_slope=s.get("top_negative_slope", 0.0), top_image_weight=s.get("top_image_weight", 0.0),
         )
     return VQVAE(
         spatial_dims=2, in_channels=1, out_channels=1,

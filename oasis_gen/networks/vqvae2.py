@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import Act
 from monai.networks.layers.vector_quantizer import EMAQuantizer, VectorQuantizer
@@ -37,7 +38,8 @@ class TwoLevelVQVAE(nn.Module):
 
     Both codebooks are MONAI's EMA quantizers (``ddp_sync`` all-reduces their statistics under DDP, as in the
     single-level VQVAE). ``forward`` returns ``(reconstruction, quantization_loss)`` like MONAI's VQVAE, the loss
-    being the sum of the two levels' commitment losses.
+    being the sum of the two levels' commitment losses and, in training with ``top_image_weight`` > 0, the top
+    image term (below).
 
     Args:
         spatial_dims: number of spatial dimensions.
@@ -62,6 +64,12 @@ class TwoLevelVQVAE(nn.Module):
             ReLU a top encoder layer died (every unit negative for every image) in both demo runs of the former
             default and in 2 of 4 runs with top-only decoding; the top codes are then one map of position for
             every slice, which no gradient revives and which gives the top prior nothing to draw.
+        top_image_weight: > 0: a 1x1 convolution (``top_image_head``) reads the image, averaged over each bottom
+            cell, from the decoded top codes alone, and in training its L1 error times this weight is added to the
+            returned loss (``last_terms["top_image_loss"]`` keeps it unweighted). Without it the bottom level can
+            carry the whole image and the top encoder's output drifts to a constant (top codebook perplexity 1) on
+            real scans; the term gives the top level a job of its own, the coarse layout. 0: no head (checkpoints
+            saved before it existed).
     """
 
     def __init__(
@@ -86,18 +94,23 @@ class TwoLevelVQVAE(nn.Module):
         output_act: tuple | str | None = None,
         top_only_rate: float = 0.0,
         top_negative_slope: float = 0.0,
+        top_image_weight: float = 0.0,
     ):
         super().__init__()
         if int(top_downsamplings) < 1:
             raise ValueError(f"top_downsamplings must be at least 1, not {top_downsamplings}")
         if not 0.0 <= float(top_only_rate) < 1.0:
             raise ValueError(f"top_only_rate must be in [0, 1), not {top_only_rate}")
+        if float(top_image_weight) < 0:
+            raise ValueError(f"top_image_weight must be 0 or more, not {top_image_weight}")
         levels, top_levels = len(channels), int(top_downsamplings)
         width, res_width = int(channels[-1]), int(num_res_channels[-1])
         self.spatial_dims = spatial_dims
         self.embedding_dim = int(embedding_dim)
         self.top_downsamplings = top_levels
         self.top_only_rate = float(top_only_rate)
+        self.top_image_weight = float(top_image_weight)
+        self.last_terms: dict[str, torch.Tensor] = {}
         common = {"spatial_dims": spatial_dims, "num_res_layers": num_res_layers, "dropout": 0.0, "act": act}
         self.bottom_encoder = Encoder(in_channels=in_channels, out_channels=width, channels=tuple(channels),
                                       num_res_channels=tuple(num_res_channels),
@@ -120,6 +133,8 @@ class TwoLevelVQVAE(nn.Module):
                      "decay": decay, "epsilon": epsilon, "ddp_sync": ddp_sync}
         self.top_quantizer = _quantizer(num_embeddings=top_num_embeddings, **quantizer)
         self.bottom_quantizer = _quantizer(num_embeddings=num_embeddings, **quantizer)
+        self.top_image_head = Convolution(spatial_dims, embedding_dim, out_channels, kernel_size=1, conv_only=True
+                                          ) if self.top_image_weight > 0 else None
 
     @property
     def quantizers(self) -> tuple[VectorQuantizer, VectorQuantizer]:
@@ -185,14 +200,27 @@ class TwoLevelVQVAE(nn.Module):
         """
         ``(reconstruction, quantization_loss)``, as MONAI's VQVAE returns them.
 
-        In training mode a ``top_only_rate`` share of the images is decoded from the top level alone.
+        In training mode a ``top_only_rate`` share of the images is decoded from the top level alone, and the top
+        image term (``top_image_weight``) is added to the loss.
         """
         features = self.bottom_encoder(images)
         top_loss, top_q = self.top_quantizer(self.top_encoder(features))
         top_up = self.top_decoder(top_q)  # computed once: it conditions the bottom codes and feeds the decoder
         bottom_loss, bottom_q = self.bottom_quantizer(self._bottom_z(features, top_up))
+        loss = top_loss + bottom_loss
+        if self.training and self.top_image_head is not None:
+            top_image_loss = self.top_image_loss(images, top_up)
+            self.last_terms = {"top_image_loss": top_image_loss.detach()}
+            loss = loss + self.top_image_weight * top_image_loss
         if self.training and self.top_only_rate > 0:
             shape = (bottom_q.shape[0],) + (1,) * (bottom_q.dim() - 1)
             keep = torch.rand(shape, device=bottom_q.device) >= self.top_only_rate
             bottom_q = bottom_q * keep.to(bottom_q.dtype)  # dropped images are decoded from the top level alone
-        return self._decode(bottom_q, top_up), top_loss + bottom_loss
+        return self._decode(bottom_q, top_up), loss
+
+    def top_image_loss(self, images: torch.Tensor, top_up: torch.Tensor) -> torch.Tensor:
+        """L1 error of the image read from the decoded top codes ``top_up``, against the images averaged per cell."""
+        if self.top_image_head is None:
+            raise RuntimeError("this VQ-VAE has no top image head (top_image_weight 0)")
+        coarse = F.interpolate(images.float(), size=top_up.shape[2:], mode="area")
+        return F.l1_loss(self.top_image_head(top_up).float(), coarse)
