@@ -67,6 +67,9 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "batch8-no_top_image": {"batch_size": 8, "top_image_weight": 0.0},
     "batch4-no_top_image": {"batch_size": 4, "top_image_weight": 0.0},
     "top_image1": {**B16, "top_image_weight": 1.0},
+    "batch8-top_image0.1": {"batch_size": 8, "top_image_weight": 0.1},
+    "batch8-top_image0.05": {"batch_size": 8, "top_image_weight": 0.05},
+    "batch4-top_image0.1": {"batch_size": 4, "top_image_weight": 0.1},
 }
 SPEC_KEYS = ("image_size", "num_downsamplings", "channels", "num_res_layers", "num_res_channels", "num_embeddings",
              "embedding_dim", "commitment_cost", "top_downsamplings", "top_num_embeddings", "top_only_rate",
