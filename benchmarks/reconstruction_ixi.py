@@ -38,6 +38,7 @@ import yaml
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
 from bench_machine import machine_info, machine_summary
 from bench_results import write_result
+from mlflow import MlflowClient
 
 from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
@@ -134,6 +135,16 @@ def overrides(values: dict[str, object]) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
+def top_perplexities(store: Path, run_name: str) -> list[float]:
+    """The validation top-codebook perplexity of a training run, one value per validation (empty: one level)."""
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"attributes.run_name = '{run_name}'")
+    if not runs:
+        return []
+    return [m.value for m in client.get_metric_history(runs[0].info.run_id, "val_codebook_top_perplexity")]
+
+
 def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, object], setting: Setting,
                   work: Path, tag: str, max_epochs: int, epoch_steps: int | None, threads: int,
                   train_slices: int) -> dict:
@@ -161,6 +172,7 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
     # the schedule keeps the wall time from the first step to the last checkpoint: training and the validations
     # in it, without the bundle's start-up and data caching (what the time budget counts too)
     trained_s = float(last["lr_scheduler"].get("elapsed_before", 0.0)) or train_s
+    top = top_perplexities(work / "mlruns", (out / "mlflow_run_name.txt").read_text().strip())
     overrides_text = " ".join(f"{k}={v}" for k, v in CANDIDATES[name].items()) or "train.yaml as is"
     return {
         "budget_minutes": minutes, "model": name, "kind": "bundle", "settings": overrides_text,
@@ -171,6 +183,9 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
         "trained_s": round(trained_s, 1), "images_per_s": round(iterations * batch_size / trained_s, 1),
         "ssim": summary["ssim"]["mean"], "ssim_std": summary["ssim"]["std"], "psnr": summary["psnr"]["mean"],
         "test_slices": summary["ssim"]["count"],
+        # the top codebook in use at the last validation, and at its lowest (1: collapsed to one code)
+        "top_perplexity": round(top[-1], 1) if top else None,
+        "top_perplexity_lowest": round(min(top), 1) if top else None,
         "phases_s": {"train_command": round(train_s, 1), "evaluate_command": round(eval_s, 1)},
     }
 
@@ -253,6 +268,13 @@ def markdown(result: dict) -> str:
             cells.append(f" {row['ssim']:.4f} ± {row['ssim_std']:.4f} | {row['psnr']:.2f} | "
                          f"{row['epochs']:.1f} ({row['steps']}) | {row['trained_s']} | {row['images_per_s']} |")
         lines.append(f"| {model} | {first['parameters']:,} |" + "".join(cells))
+    watched = [row for row in result["rows"] if row.get("top_perplexity") is not None]
+    if watched:
+        lines += ["", "Two-level runs: the perplexity of the top codes of the validation slices at the last validation "
+                      "(lowest of all validations in brackets; 1 means the top codebook collapsed to one code).", "",
+                  "| model | budget (min) | top perplexity (lowest) |", "|---|---:|---:|"]
+        lines += [f"| {row['model']} | {row['budget_minutes']:g} | {row['top_perplexity']} "
+                  f"({row['top_perplexity_lowest']}) |" for row in watched]
     lines += ["", "| model | settings |", "|---|---|"]
     lines += [f"| {model} | {next(r['settings'] for r in result['rows'] if r['model'] == model)}"
               f"{epoch_steps_text(result['rows'], model)} |" for model in models]

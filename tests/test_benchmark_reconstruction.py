@@ -44,6 +44,9 @@ def test_quick_run_has_a_row_per_candidate_and_the_baseline(quick_run):
         assert math.isfinite(row["psnr"]) and row["steps"] > 0 and row["parameters"] > 0, row
         assert row["test_slices"] == result["data"]["slices"]["test"], row
         assert f"| {row['model']} | {row['parameters']:,} | {row['ssim']:.4f}" in text, row["model"]
+        if row["kind"] == "bundle" and row["top_perplexity"] is not None:  # two levels: read from the MLflow store
+            assert 1.0 <= row["top_perplexity_lowest"] <= row["top_perplexity"], row
+            assert f"| {row['model']} | {row['budget_minutes']:g} | {row['top_perplexity']} (" in text
     # the bundle ran train.yaml then evaluate.yaml; the baseline ran here, both on the same test slices
     assert {row["kind"] for row in result["rows"]} == {"bundle", "baseline"}
     assert result["image_size"] == QUICK.image_size
