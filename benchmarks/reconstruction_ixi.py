@@ -9,6 +9,8 @@ slices with per-image SSIM (data range 1) and PSNR:
 - the baseline (benchmarks/baseline_vqvae.py) is trained by a plain loop on the slices the project's data layer
   yields for the same dataset, split and reader settings (check_dataset(...).usable(), eval_transforms), and scored
   with the MONAI metric classes evaluate.yaml uses, on reconstructions clamped to [0, 1].
+- a scale for reading the figures, trained on nothing: the test slices under a Gaussian blur of 0.5, 0.75 and 1
+  pixel, scored the same way (a per-image SSIM between two of them is what a reconstruction that fine reaches).
 
 The default dataset is the 60 IXI T1 volumes beside the project (../shared/data/ixi_t1, split 80/10/10 by subject,
 axial slices, slices with under 25 % head dropped); ``--dataset demo`` uses the demo cohort.
@@ -16,6 +18,7 @@ axial slices, slices with under 25 % head dropped); ``--dataset demo`` uses the 
     python benchmarks/reconstruction_ixi.py --minutes 3 10 30                 # IXI, every candidate and budget
     python benchmarks/reconstruction_ixi.py --dataset demo --minutes 3 10 30  # the demo cohort
     python benchmarks/reconstruction_ixi.py --quick --out /tmp/q              # tiny sizes, seconds (for the tests)
+    python benchmarks/reconstruction_ixi.py --blur-only                       # the blur scale alone, seconds
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
 from bench_machine import machine_info, machine_summary
 from bench_results import write_result
 from mlflow import MlflowClient
+from monai.networks.layers import GaussianFilter
+from torch import nn
 
 from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
@@ -64,6 +69,9 @@ CANDIDATES: dict[str, dict[str, str]] = {
 # the baseline as described: 64 channels, K=512, D=64, MSE, Adam 2e-3, batch 16
 BASELINE = {"channels": 64, "res_channels": 32, "num_embeddings": 512, "embedding_dim": 64}
 BASELINE_TRAINING = {"batch_size": 16, "learning_rate": 2e-3}
+# a scale for reading the figures, trained on nothing: the test slices under a Gaussian blur of these widths (pixels),
+# scored as the models are
+BLUR_SIGMAS = (0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,28 @@ def load_images(records: list[dict], image_size: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[i]["image"]).as_subclass(torch.Tensor) for i in range(len(dataset))])
 
 
+class GaussianBlur(nn.Module):
+    """A reference "reconstruction": the slice under a Gaussian blur (``evaluate``'s network interface)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.blur = GaussianFilter(spatial_dims=2, sigma=sigma)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.blur(images), torch.zeros(())
+
+
+def blur_references(test: torch.Tensor, sigmas: tuple[float, ...] = BLUR_SIGMAS) -> list[dict]:
+    """Per-image SSIM and PSNR of the test slices blurred by each sigma (pixels), scored as the models are."""
+    references = []
+    for sigma in sigmas:
+        scores = evaluate(GaussianBlur(sigma), test)
+        ssim, psnr = np.asarray(scores["ssim"], dtype=float), np.asarray(scores["psnr"], dtype=float)
+        references.append({"blur_sigma": sigma, "ssim": round(float(ssim.mean()), 4),
+                           "ssim_std": round(float(ssim.std()), 4), "psnr": round(float(psnr.mean()), 2)})
+    return references
+
+
 def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, setting: Setting, work: Path,
                  tag: str, seed: int) -> dict:
     """Train the baseline for a budget on the train slices, score it on the test slices; return its row."""
@@ -242,21 +272,23 @@ def markdown(result: dict) -> str:
         "project's evaluation transform chain for every model.",
         f"Torch threads: {result['threads']} for the bundle runs and the baseline alike.",
         f"Command: `{result['command']}`",
-        "",
-        "Test SSIM is the mean per-image SSIM (data range 1) on the held-out test subjects, PSNR the mean per-image "
-        "PSNR in dB, both on reconstructions clamped to [0, 1]. Epochs (passes over the train split) and steps are "
-        "what the budget allowed, "
-        "trained the seconds from the first step to the end of training, images/s the training images per second "
-        "of them. The bundle's budget holds a validation at each trainer epoch's end (epochs of "
-        f"{result['epoch_length']}; steps per epoch in the settings table) and stops at the end of the last epoch "
-        "that fits "
-        "(so it can leave up to one of them unused); it is scored with its best-validated checkpoint. The "
-        "baseline trains without validation, stops at the first step past the budget and is scored as it ends.",
-        "",
     ]
-    header = "| model | parameters |" + "".join(
-        f" SSIM {m:g} min | PSNR | epochs (steps) | trained (s) | images/s |" for m in budgets)
-    lines += [header, "|---|---:|" + "---:|---:|---:|---:|---:|" * len(budgets)]
+    if models:  # none with --blur-only
+        lines += [
+            "",
+            "Test SSIM is the mean per-image SSIM (data range 1) on the held-out test subjects, PSNR the mean "
+            "per-image PSNR in dB, both on reconstructions clamped to [0, 1]. Epochs (passes over the train split) "
+            "and steps are what the budget allowed, trained the seconds from the first step to the end of training, "
+            "images/s the training images per second of them. The bundle's budget holds a validation at each trainer "
+            f"epoch's end (epochs of {result['epoch_length']}; steps per epoch in the settings table) and stops at "
+            "the end of the last epoch that fits (so it can leave up to one of them unused); it is scored with its "
+            "best-validated checkpoint. The baseline trains without validation, stops at the first step past the "
+            "budget and is scored as it ends.",
+            "",
+            "| model | parameters |" + "".join(
+                f" SSIM {m:g} min | PSNR | epochs (steps) | trained (s) | images/s |" for m in budgets),
+            "|---|---:|" + "---:|---:|---:|---:|---:|" * len(budgets),
+        ]
     for model in models:
         first = next(row for row in result["rows"] if row["model"] == model)
         cells = []
@@ -275,7 +307,13 @@ def markdown(result: dict) -> str:
                   "| model | budget (min) | top perplexity (lowest) |", "|---|---:|---:|"]
         lines += [f"| {row['model']} | {row['budget_minutes']:g} | {row['top_perplexity']} "
                   f"({row['top_perplexity_lowest']}) |" for row in watched]
-    lines += ["", "| model | settings |", "|---|---|"]
+    if result.get("blur_references"):
+        lines += ["", "A scale for reading the SSIM figures, trained on nothing: the same test slices under a Gaussian "
+                      "blur of sigma pixels, scored the same way.", "",
+                  "| blur sigma (px) | SSIM | PSNR |", "|---:|---:|---:|"]
+        lines += [f"| {ref['blur_sigma']:g} | {ref['ssim']:.4f} ± {ref['ssim_std']:.4f} | {ref['psnr']:.2f} |"
+                  for ref in result["blur_references"]]
+    lines += ["", "| model | settings |", "|---|---|"] if models else []
     lines += [f"| {model} | {next(r['settings'] for r in result['rows'] if r['model'] == model)}"
               f"{epoch_steps_text(result['rows'], model)} |" for model in models]
     lines += ["", f"Phases (s): data check and caching for the baseline {result['phases_s']['baseline_data']}; "
@@ -316,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
     parser.add_argument("--tag", default=None, help="name of the result files (default: reconstruction_<dataset>)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and models, a few seconds each")
+    parser.add_argument("--blur-only", action="store_true",
+                        help="score the blur scale on the test slices and stop (trains nothing)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -324,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     setting = QUICK if args.quick else FULL
     minutes = QUICK_MINUTES if args.quick and args.minutes == parser.get_default("minutes") else args.minutes
     candidates = args.candidates or (QUICK_CANDIDATES if args.quick else list(CANDIDATES))
+    if args.blur_only:  # the data and the blur scale, no model
+        minutes, candidates, args.no_baseline = [], [], True
     check_candidates(candidates, setting)
     epoch_steps = args.epoch_steps  # None: by budget and batch size (Setting.epoch_steps)
     epoch_length = (f"{args.epoch_steps} steps" if args.epoch_steps else "the whole train split"
@@ -366,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {len(records['train'])} train, {len(records['validate'])} validate, {len(records['test'])} test "
           f"slices, loaded in {data_s:.1f} s; examples in {work / f'{tag}-train_slices.png'}", flush=True)
 
+    references = blur_references(test)
     rows = []
     for budget in minutes:
         for name in candidates:
@@ -386,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": {"layout": report.layout, "reader": reader or "train.yaml's",
                  "slices": {split: len(items) for split, items in records.items()},
                  "subjects": {split: len({r["subject"] for r in items}) for split, items in records.items()}},
-        "rows": rows,
+        "rows": rows, "blur_references": references,
         "phases_s": {"baseline_data": round(data_s, 1), "total": round(time.perf_counter() - started, 1)},
     }
     for row in rows:

@@ -19,7 +19,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count  # noqa: E402
-from reconstruction_ixi import CANDIDATES, FULL, QUICK, check_candidates  # noqa: E402
+from reconstruction_ixi import BLUR_SIGMAS, CANDIDATES, FULL, QUICK, blur_references, check_candidates  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,23 @@ def test_quick_run_has_a_row_per_candidate_and_the_baseline(quick_run):
     assert result["command"].startswith("python benchmarks/reconstruction_ixi.py --quick")
     assert result["machine_info"]["cpu_model"] and str(result["machine_info"]["torch"]) in text
     assert "written:" in quick_run["stdout"]
+    # the blur scale: one row per width, scored on the same test slices
+    references = result["blur_references"]
+    assert [ref["blur_sigma"] for ref in references] == list(BLUR_SIGMAS)
+    for ref in references:
+        assert f"| {ref['blur_sigma']:g} | {ref['ssim']:.4f} ± " in text, ref
+
+
+@pytest.mark.slow
+def test_blur_only_scores_the_scale_and_trains_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/reconstruction_ixi.py", "--quick", "--blur-only",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    result = json.loads((tmp_path / "reconstruction_quick.json").read_text())
+    text = (tmp_path / "reconstruction_quick.md").read_text()
+    assert result["rows"] == [] and result["minutes"] == [] and result["candidates"] == []
+    assert [ref["blur_sigma"] for ref in result["blur_references"]] == list(BLUR_SIGMAS)
+    assert "| blur sigma (px) | SSIM | PSNR |" in text and "| model |" not in text
 
 
 def test_baseline_network_has_the_described_shape():
@@ -98,6 +115,18 @@ def test_baseline_scores_with_evaluate_yaml_metrics():
     assert scores["ssim"] == pytest.approx(SSIMMetric(spatial_dims=2, data_range=1.0)(prediction, target)
                                            .flatten().tolist(), abs=1e-5)
     assert scores["psnr"] == pytest.approx(PSNRMetric(max_val=1.0)(prediction, target).flatten().tolist(), abs=1e-4)
+
+
+def test_blur_references_lose_more_the_wider_the_blur():
+    # a smooth image with one sharp edge: a wider blur softens the edge more
+    image = torch.zeros(4, 1, 32, 32)
+    image[:, :, 8:24, 8:24] = 0.8
+    image += 0.1 * torch.linspace(0, 1, 32)
+    references = blur_references((image * 255).to(torch.uint8), sigmas=(0.25, 1.0, 2.0))
+    ssim = [ref["ssim"] for ref in references]
+    psnr = [ref["psnr"] for ref in references]
+    assert 1.0 >= ssim[0] > ssim[1] > ssim[2] > 0, ssim
+    assert psnr[0] > psnr[1] > psnr[2], psnr
 
 
 def test_candidates_override_keys_train_yaml_has(monkeypatch):
