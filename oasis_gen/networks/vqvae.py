@@ -11,6 +11,7 @@ from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 
 from oasis_gen.errors import ConfigError
+from oasis_gen.networks.quantizer import indexed_copy
 from oasis_gen.networks.spec import ModelSpec, load_network, read_network_checkpoint
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
@@ -159,7 +160,7 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
             upsample_parameters=UPSAMPLE, output_act=s["output_act"], top_only_rate=s.get("top_only_rate", 0.0),
             top_negative_slope=s.get("top_negative_slope", 0.0), top_image_weight=s.get("top_image_weight", 0.0),
         )
-    return VQVAE(
+    network = VQVAE(
         spatial_dims=2, in_channels=1, out_channels=1,
         channels=tuple(s["channels"]), num_res_layers=s["num_res_layers"],
         num_res_channels=tuple(s["num_res_channels"]),
@@ -167,6 +168,9 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
         num_embeddings=s["num_embeddings"], embedding_dim=s["embedding_dim"],
         commitment_cost=s["commitment_cost"], decay=s["decay"], output_act=s["output_act"],
     )
+    # the same codebook, gathering its statistics by code index (no one-hot matrix per step)
+    network.quantizer.quantizer = indexed_copy(network.quantizer.quantizer)
+    return network
 
 
 def read_vqvae_spec(path: str | Path) -> ModelSpec:

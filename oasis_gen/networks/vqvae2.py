@@ -13,18 +13,20 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import Act
-from monai.networks.layers.vector_quantizer import EMAQuantizer, VectorQuantizer
+from monai.networks.layers.vector_quantizer import VectorQuantizer
 from monai.networks.nets.vqvae import Decoder, Encoder
 from torch import nn
+
+from oasis_gen.networks.quantizer import IndexedEMAQuantizer
 
 __all__ = ["TwoLevelVQVAE"]
 
 
 def _quantizer(spatial_dims: int, num_embeddings: int, embedding_dim: int, commitment_cost: float, decay: float,
                epsilon: float, ddp_sync: bool) -> VectorQuantizer:
-    return VectorQuantizer(EMAQuantizer(spatial_dims=spatial_dims, num_embeddings=num_embeddings,
-                                        embedding_dim=embedding_dim, commitment_cost=commitment_cost, decay=decay,
-                                        epsilon=epsilon, ddp_sync=ddp_sync))
+    return VectorQuantizer(IndexedEMAQuantizer(spatial_dims=spatial_dims, num_embeddings=num_embeddings,
+                                               embedding_dim=embedding_dim, commitment_cost=commitment_cost,
+                                               decay=decay, epsilon=epsilon, ddp_sync=ddp_sync))
 
 
 class TwoLevelVQVAE(nn.Module):
@@ -36,8 +38,9 @@ class TwoLevelVQVAE(nn.Module):
     the bottom grid) -> ``top_up``; ``bottom_z`` = 1x1 projection of concat(features, ``top_up``) -> bottom codebook
     -> ``bottom_q``; image decoder(concat(``bottom_q``, ``top_up``)) -> reconstruction.
 
-    Both codebooks are MONAI's EMA quantizers (``ddp_sync`` all-reduces their statistics under DDP, as in the
-    single-level VQVAE). ``forward`` returns ``(reconstruction, quantization_loss)`` like MONAI's VQVAE, the loss
+    Both codebooks are MONAI's EMA quantizers gathering their statistics by code index
+    (:class:`~oasis_gen.networks.quantizer.IndexedEMAQuantizer`; ``ddp_sync`` all-reduces them under DDP, as in
+    the single-level VQVAE). ``forward`` returns ``(reconstruction, quantization_loss)`` like MONAI's VQVAE, the loss
     being the sum of the two levels' commitment losses and, in training with ``top_image_weight`` > 0, the top
     image term (below).
 
@@ -138,12 +141,12 @@ class TwoLevelVQVAE(nn.Module):
 
     @property
     def quantizers(self) -> tuple[VectorQuantizer, VectorQuantizer]:
-        """The (top, bottom) MONAI VectorQuantizer modules (each wraps an EMAQuantizer as ``.quantizer``)."""
+        """The (top, bottom) MONAI VectorQuantizer modules (each wraps an IndexedEMAQuantizer as ``.quantizer``)."""
         return self.top_quantizer, self.bottom_quantizer
 
     def _nearest(self, quantizer: VectorQuantizer, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest codes of ``z`` and their vectors (straight-through), without touching the EMA statistics."""
-        codes = quantizer.quantizer.quantize(z)[2]
+        codes = quantizer.quantizer.nearest(z)[2]
         vectors = quantizer.embed(codes)
         return codes, z + (vectors - z).detach()
 
