@@ -21,15 +21,18 @@ def test_training_steps_match_monai_ema_quantizer():
     torch.manual_seed(0)
     monai = EMAQuantizer(spatial_dims=2, num_embeddings=16, embedding_dim=4, decay=0.8)
     indexed = indexed_copy(monai)
+    unused = []
     for step in range(6):
-        # later steps leave some codes unused, so the moving averages of used and unused codes both get checked
         inputs = torch.randn(3, 4, 5, 5) * (1.0 + step)
         expected, got = monai(inputs.clone().requires_grad_()), indexed(inputs.clone().requires_grad_())
         assert torch.equal(expected[2], got[2]), step
+        unused.append(int((torch.bincount(got[2].flatten(), minlength=16) == 0).sum()))
         torch.testing.assert_close(got[0], expected[0])
         torch.testing.assert_close(got[1], expected[1])
         for name in ("ema_cluster_size", "ema_w", "embedding.weight"):
             torch.testing.assert_close(indexed.state_dict()[name], monai.state_dict()[name], msg=name)
+    # the moving averages of used and of unused codes were both compared
+    assert any(unused) and min(unused) < 16, unused
 
 
 def test_gradients_pass_straight_through_as_in_monai():
