@@ -28,7 +28,7 @@ from bench_training import TrainingStep, time_steps, vqvae_training
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
 from oasis_gen.engines.steps import memory_format
-from oasis_gen.networks.quantizer import IndexedEMAQuantizer
+from oasis_gen.networks.quantizer import quantizer_copy
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,15 +40,6 @@ def vector_quantizers(network: torch.nn.Module) -> list[torch.nn.Module]:
     return list(network.quantizers) if isinstance(network, TwoLevelVQVAE) else [network.quantizer]
 
 
-def monai_copy(quantizer: IndexedEMAQuantizer) -> EMAQuantizer:
-    """MONAI's EMAQuantizer with ``quantizer``'s settings and state."""
-    copy = EMAQuantizer(spatial_dims=quantizer.spatial_dims, num_embeddings=quantizer.num_embeddings,
-                        embedding_dim=quantizer.embedding_dim, commitment_cost=quantizer.commitment_cost,
-                        decay=quantizer.decay, epsilon=quantizer.epsilon, ddp_sync=quantizer.ddp_sync)
-    copy.load_state_dict(quantizer.state_dict())
-    return copy
-
-
 def measure(num_embeddings: int | None, rounds: int, seconds: float, overrides: dict[str, Any]) -> dict[str, Any]:
     """Median training step of both variants at one codebook size, rounds alternating between them."""
     sizes = dict(overrides) | ({"num_embeddings": num_embeddings} if num_embeddings else {})
@@ -58,7 +49,7 @@ def measure(num_embeddings: int | None, rounds: int, seconds: float, overrides: 
         training = vqvae_training(**sizes)
         if variant == "monai":
             for wrapper in vector_quantizers(training.network):
-                wrapper.quantizer = monai_copy(wrapper.quantizer)
+                wrapper.quantizer = quantizer_copy(wrapper.quantizer, EMAQuantizer)
         steps[variant] = TrainingStep(training)
     size, batch = training.image_size, training.batch_size
     images = [torch.rand(batch, 1, size, size).contiguous(memory_format=layout) for _ in range(4)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
-from oasis_gen.networks.quantizer import IndexedEMAQuantizer, indexed_copy
+from oasis_gen.networks.quantizer import IndexedEMAQuantizer, quantizer_copy
 from oasis_gen.networks.vqvae import named_quantizers, vqvae_from_spec, vqvae_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_training_steps_match_monai_ema_quantizer():
     torch.manual_seed(0)
     monai = EMAQuantizer(spatial_dims=2, num_embeddings=16, embedding_dim=4, decay=0.8)
-    indexed = indexed_copy(monai)
+    indexed = quantizer_copy(monai)
     unused = []
     for step in range(6):
         inputs = torch.randn(3, 4, 5, 5) * (1.0 + step)
@@ -38,7 +38,7 @@ def test_training_steps_match_monai_ema_quantizer():
 def test_gradients_pass_straight_through_as_in_monai():
     torch.manual_seed(1)
     monai = EMAQuantizer(spatial_dims=2, num_embeddings=8, embedding_dim=3)
-    indexed = indexed_copy(monai)
+    indexed = quantizer_copy(monai)
     grads = []
     for quantizer in (monai, indexed):
         torch.manual_seed(2)
@@ -52,7 +52,7 @@ def test_gradients_pass_straight_through_as_in_monai():
 def test_quantize_keeps_monai_contract_and_evaluation_leaves_the_codebook():
     torch.manual_seed(3)
     monai = EMAQuantizer(spatial_dims=2, num_embeddings=8, embedding_dim=3)
-    indexed = indexed_copy(monai).eval()
+    indexed = quantizer_copy(monai).eval()
     inputs = torch.randn(2, 3, 4, 4)
     for expected, got in zip(monai.quantize(inputs), indexed.quantize(inputs), strict=True):
         torch.testing.assert_close(got, expected)
@@ -86,7 +86,7 @@ def test_copying_leaves_the_seed_sequence_alone():
     # the copy's throw-away initial codebook must not shift what a seeded run draws next
     monai = EMAQuantizer(spatial_dims=2, num_embeddings=8, embedding_dim=4)
     torch.manual_seed(4)
-    indexed_copy(monai)
+    quantizer_copy(monai)
     after_copy = torch.rand(3)
     torch.manual_seed(4)
     assert torch.equal(torch.rand(3), after_copy)

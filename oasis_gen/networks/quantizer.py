@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
-__all__ = ["IndexedEMAQuantizer", "indexed_copy"]
+__all__ = ["IndexedEMAQuantizer", "quantizer_copy"]
 
 
 class IndexedEMAQuantizer(EMAQuantizer):
@@ -71,11 +71,12 @@ class IndexedEMAQuantizer(EMAQuantizer):
         return quantized, loss, codes
 
 
-def indexed_copy(quantizer: EMAQuantizer) -> IndexedEMAQuantizer:
-    """An :class:`IndexedEMAQuantizer` with ``quantizer``'s settings and state (codebook and moving averages)."""
+def quantizer_copy(quantizer: EMAQuantizer, kind: type[EMAQuantizer] = IndexedEMAQuantizer) -> EMAQuantizer:
+    """A quantizer of class ``kind`` (default :class:`IndexedEMAQuantizer`) with ``quantizer``'s settings and state
+    (codebook and moving averages); ``kind=EMAQuantizer`` gives MONAI's back."""
     with torch.random.fork_rng(devices=[]):  # its throw-away initial codebook leaves the caller's seed sequence alone
-        copy = IndexedEMAQuantizer(spatial_dims=quantizer.spatial_dims, num_embeddings=quantizer.num_embeddings,
-                                   embedding_dim=quantizer.embedding_dim, commitment_cost=quantizer.commitment_cost,
-                                   decay=quantizer.decay, epsilon=quantizer.epsilon, ddp_sync=quantizer.ddp_sync)
+        copy = kind(spatial_dims=quantizer.spatial_dims, num_embeddings=quantizer.num_embeddings,
+                    embedding_dim=quantizer.embedding_dim, commitment_cost=quantizer.commitment_cost,
+                    decay=quantizer.decay, epsilon=quantizer.epsilon, ddp_sync=quantizer.ddp_sync)
     copy.load_state_dict(quantizer.state_dict())
     return copy.to(quantizer.embedding.weight.device)

@@ -11,7 +11,7 @@ from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 
 from oasis_gen.errors import ConfigError
-from oasis_gen.networks.quantizer import indexed_copy
+from oasis_gen.networks.quantizer import quantizer_copy
 from oasis_gen.networks.spec import ModelSpec, load_network, read_network_checkpoint
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
@@ -169,7 +169,7 @@ def vqvae_from_spec(spec: ModelSpec | Mapping[str, Any]) -> VQVAE | TwoLevelVQVA
         commitment_cost=s["commitment_cost"], decay=s["decay"], output_act=s["output_act"],
     )
     # the same codebook, gathering its statistics by code index (no one-hot matrix per step)
-    network.quantizer.quantizer = indexed_copy(network.quantizer.quantizer)
+    network.quantizer.quantizer = quantizer_copy(network.quantizer.quantizer)
     return network
 
 
