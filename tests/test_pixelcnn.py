@@ -16,6 +16,7 @@ from oasis_gen.networks.pixelcnn_sampling import (
     incremental_logits,
     sample_codes,
     sample_codes_naive,
+    truncate_logits,
 )
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
@@ -384,7 +385,8 @@ def _cond_model(seed: int = 0, **kwargs) -> GatedPixelCNN:
 def _cond_dependence(model: GatedPixelCNN, codes: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """``dep[i, j, a, b]``: whether the logits at (i, j) of grid 0 get a gradient from the cond code at (a, b)."""
     captured: list[torch.Tensor] = []
-    handle = model.cond_embedding.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    embedding = model.cond_embedding if model.cond_stack is None else model.cond_stack.embedding
+    handle = embedding.register_forward_hook(lambda module, inputs, output: captured.append(output))
     try:
         logits = model(codes, cond=cond)
     finally:
@@ -490,3 +492,92 @@ def test_cond_spec_round_trip_and_old_specs_load_unchanged(tmp_path):
     rebuilt, _ = load_pixelcnn(tmp_path / "old_prior.pt")
     assert rebuilt.cond_num_embeddings is None and rebuilt.cond_embedding is None
     assert set(rebuilt.state_dict()) == set(old_network.state_dict())
+
+
+# ------------------------------------------------------------------ the conditioning stack that reads the whole top grid
+
+
+@pytest.mark.parametrize("cond_layers", [0, 3])
+def test_only_the_conditioning_stack_lets_every_position_see_the_whole_top_grid(cond_layers):
+    # the demo's shape: a 32x32 bottom grid under an 8x8 top grid (factor 4); the gradient of each bottom logit with
+    # respect to each top code says which top codes it can see
+    model = _model(num_layers=2, cond_num_embeddings=CK, cond_factor=4, cond_layers=cond_layers)
+    codes, cond = _codes((1, 32, 32)), _codes((1, 8, 8), CK, seed=4)
+    dep = _cond_dependence(model, codes, cond)
+    if cond_layers:
+        assert model.cond_stack.reach >= 7 and dep.all(), "a bottom position misses part of the top grid"
+    else:  # the former stack: two 3x3 convolutions at the bottom resolution, so only the top codes nearby
+        assert not dep[0, 0, 7, 7] and dep[0, 0, 0, 0]
+        assert dep.flatten(2).sum(-1).max() <= 9
+
+
+def test_conditioning_stack_gives_each_fine_position_under_a_top_code_its_own_features():
+    model = _model(cond_num_embeddings=CK, cond_factor=4, cond_layers=2)
+    with torch.no_grad():
+        features = model.cond_features(model.check_cond(torch.zeros(1, 2, 2, dtype=torch.long), 1, (8, 8)))
+    assert features.shape == (1, 8, 8, 8)
+    block = features[0, :, :4, :4].flatten(1)  # the 16 positions under one top code, all of the same code
+    assert not torch.allclose(block[:, :1].expand_as(block), block)
+
+
+def test_conditioning_stack_keeps_the_samplers_equal_and_round_trips_its_spec(tmp_path):
+    spec = pixelcnn_spec(K, 8, channels=8, num_layers=3, cond_num_embeddings=CK, cond_factor=4, cond_layers=3)
+    assert spec["cond_layers"] == 3
+    torch.manual_seed(0)
+    network = pixelcnn_from_spec(spec).eval()
+    torch.save({"model": network.state_dict(), "spec": spec.state_dict()}, tmp_path / "prior.pt")
+    loaded, _ = load_pixelcnn(tmp_path / "prior.pt")
+    codes, cond = _codes((2, 8, 8)), _codes((2, 2, 2), CK)
+    with torch.no_grad():
+        assert torch.equal(loaded(codes, cond=cond), network(codes, cond=cond))
+    assert torch.allclose(incremental_logits(network, codes, None, cond), network(codes, cond=cond), atol=1e-5)
+    fast = sample_codes(network, 2, (8, 8), 1.0, None, torch.Generator().manual_seed(2), cond=cond, top_p=0.9)
+    naive = sample_codes_naive(network, 2, (8, 8), 1.0, None, torch.Generator().manual_seed(2), cond=cond, top_p=0.9)
+    assert torch.equal(fast, naive)
+    # a spec without the key (every bottom prior trained before the stack existed) builds the former stack
+    assert "cond_layers" not in pixelcnn_spec(K, 8, channels=8, num_layers=2, cond_num_embeddings=CK).values
+    with pytest.raises(ValueError, match="cond_layers must be an integer >= 0"):
+        GatedPixelCNN(K, cond_num_embeddings=CK, cond_layers=-1)
+
+
+# ------------------------------------------------------------------ truncated sampling
+
+
+def test_top_k_keeps_exactly_the_k_most_likely_codes():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    kept = torch.isfinite(truncate_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False], [True, True, False, False, False]]
+    assert torch.equal(truncate_logits(logits, top_k=5), logits) and torch.equal(truncate_logits(logits), logits)
+    assert torch.equal(truncate_logits(logits, top_k=2)[kept], logits[kept])  # the kept logits are untouched
+
+
+def test_top_p_keeps_the_smallest_set_holding_p_of_the_mass():
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.15], [0.25, 0.25, 0.25, 0.25]])
+    logits = probs.log()
+    # 0.5 < 0.7 <= 0.5 + 0.3: the two most likely codes
+    assert torch.isfinite(truncate_logits(logits, top_p=0.7))[0].tolist() == [False, True, True, False]
+    assert torch.isfinite(truncate_logits(logits, top_p=0.5))[0].tolist() == [False, True, False, False]
+    assert torch.isfinite(truncate_logits(logits, top_p=0.81))[0].tolist() == [False, True, True, True]
+    assert torch.isfinite(truncate_logits(logits, top_p=0.1))[0].tolist() == [False, True, False, False]
+    assert torch.isfinite(truncate_logits(logits, top_p=0.6))[1].sum() == 3  # ties: as many as the mass needs
+    assert torch.isfinite(truncate_logits(logits, top_p=1.0)).all()
+    # both: top-k first, then the nucleus of what is left
+    assert torch.isfinite(truncate_logits(logits, top_k=3, top_p=0.99))[0].tolist() == [False, True, True, True]
+
+
+def test_truncated_samplers_draw_only_kept_codes_and_top_k_1_is_greedy():
+    model = _model(seed=3)
+    greedy = sample_codes(model, 3, (4, 5), 1e-4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sample_codes(model, 3, (4, 5), 1.0, generator=torch.Generator().manual_seed(7), top_k=1),
+                       greedy)
+    codes = sample_codes(model, 4, (4, 5), 1.0, generator=torch.Generator().manual_seed(7), top_k=2)
+    logits = model(codes)
+    ranks = (logits > logits.gather(1, codes[:, None])).sum(1)  # how many codes were more likely than the drawn
+    assert (ranks < 2).all()
+    fast = sample_codes(model, 3, (4, 5), 1.0, generator=torch.Generator().manual_seed(5), top_k=3, top_p=0.8)
+    naive = sample_codes_naive(model, 3, (4, 5), 1.0, generator=torch.Generator().manual_seed(5), top_k=3, top_p=0.8)
+    assert torch.equal(fast, naive)
+    for bad, message in (({"top_k": 0}, "top_k must be an integer >= 1"), ({"top_p": 0.0}, "top_p must be"),
+                         ({"top_p": 1.5}, "top_p must be")):
+        with pytest.raises(ValueError, match=message):
+            sample_codes(model, 1, (2, 2), **bad)

@@ -168,7 +168,9 @@ def test_sampling_a_two_level_model_writes_samples_a_completion_and_plausibility
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     for key in ("c2st_accuracy", "c2st_accuracy_floor", "one_region_share", "one_region_share_floor",
                 "mirror_iou_reference", "nn_copy_share", "nll_bits_per_code", "nll_bits_per_slice",
-                "c2st_accuracy_reconstruction", "mirror_iou_reconstruction"):
+                "c2st_accuracy_reconstruction", "mirror_iou_reconstruction", "c2st_prior_accuracy",
+                "c2st_prior_accuracy_floor", "diversity", "diversity_reference", "texture_distance",
+                "texture_distance_reconstruction"):
         assert np.isfinite(metrics[key]), key
     assert metrics["nll_codes_per_slice"] == 8 * 8 + 2 * 2
     assert metrics["nll_bits_per_slice"] == pytest.approx(metrics["nll_bits_per_code"] * 68, rel=1e-4)
@@ -179,3 +181,22 @@ def test_sampling_a_two_level_model_writes_samples_a_completion_and_plausibility
     completed = [np.load(path) for path in sorted((out / "completion").glob("codes_0*.npy"))]
     assert original.shape == (8, 8) and len(completed) == 4
     assert all(np.array_equal(grid[:4], original[:4]) for grid in completed)  # the top half is kept
+
+
+@pytest.mark.slow
+def test_sampling_truncation_per_level_reaches_both_samplers(trained):
+    # top-k 1 on both levels is greedy: every sample is the same; a bad value stops the run with one clear line
+    out = trained["root"] / "samples_greedy"
+    done = run_bundle("run", "sampling", "--config_file", str(CONFIGS / "sample.yaml"), "--prior_ckpt",
+                      str(trained["bottom"]), "--output_dir", str(out), "--tracking_uri", str(trained["store"]),
+                      "--num_samples", "3", "--top_k#top", "1", "--top_k#bottom", "1", "--progress", "False")
+    assert done.returncode == 0, done.stderr[-3000:]
+    grids = [np.load(path) for path in sorted(out.glob("codes_0*.npy"))]
+    assert len(grids) == 3 and all(np.array_equal(grid, grids[0]) for grid in grids)
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["top_k"] == {"top": 1, "bottom": 1} and settings["top_p"] == {"top": None, "bottom": None}
+    done = run_bundle("run", "sampling", "--config_file", str(CONFIGS / "sample.yaml"), "--prior_ckpt",
+                      str(trained["bottom"]), "--output_dir", str(trained["root"] / "bad"), "--tracking_uri",
+                      str(trained["store"]), "--top_p#bottom", "1.5", "--progress", "False")
+    assert done.returncode != 0 and "top_p" in done.stderr and "bottom level" in done.stderr
+    assert "Traceback" not in done.stderr

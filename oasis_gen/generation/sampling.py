@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from oasis_gen.bundle_checks import optional
 from oasis_gen.errors import ConfigError
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.networks.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
+from oasis_gen.networks.pixelcnn_sampling import check_truncation
 from oasis_gen.threads import sampling_threads
 
 __all__ = ["REGIONS", "complete_scan", "generate", "load_scan", "region_mask"]
@@ -128,6 +130,23 @@ def _label(prior: GatedPixelCNN, label: Any) -> int | None:
     return number
 
 
+def _truncation(top_k: Any, top_p: Any) -> dict[str, dict[str, Any]]:
+    """Checked ``top_k`` / ``top_p`` per level (each given once for every level or as ``{top: .., bottom: ..}``)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in (("top_k", top_k), ("top_p", top_p)):
+        per_level = dict(value) if isinstance(value, Mapping) else {"top": value, "bottom": value}
+        unknown = sorted(set(per_level) - {"top", "bottom"})
+        if unknown:
+            raise ConfigError(key, f"per-level settings take the keys top and bottom, not {unknown}")
+        for level, setting in per_level.items():
+            try:
+                per_level[level] = check_truncation(**{key: optional(setting)})[key == "top_p"]
+            except ValueError as err:
+                raise ConfigError(key, f"{level} level: {err}") from None
+        settings[key] = per_level
+    return settings
+
+
 def _generator(prior: GatedPixelCNN, seed: Any) -> torch.Generator | None:
     seed = optional(seed)
     if seed is None:
@@ -145,6 +164,8 @@ def generate(
     progress: bool = False,
     *,
     grid: int | tuple[int, int],
+    top_k: Any = None,
+    top_p: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Draw new slices: code grids from the prior (fast sampler), decoded by the VQ-VAE.
@@ -159,6 +180,10 @@ def generate(
         progress: show a progress bar over code rows.
         grid: the code grid, ``g`` or ``(h, w)`` (``ModelPair.grid``); both networks are convolutional,
             so they cannot tell it themselves.
+        top_k: draw each code from the k most likely (``None``: all); one value, or ``{top: k, bottom: k}`` per
+            level of a two-level prior.
+        top_p: draw each code from the smallest set of most likely codes holding p of the probability (nucleus;
+            ``None``: all); per level as ``top_k``.
 
     Returns:
         ``(codes, images)``: int64 ``[N, h, w]`` (the bottom grids of a two-level VQ-VAE) and float32
@@ -167,10 +192,11 @@ def generate(
     count = _as_int(num_samples, "num_samples", minimum=1)
     temperature = _as_temperature(temperature)
     label = _label(prior, label)
+    truncation = _truncation(top_k, top_p)
     generator = _generator(prior, seed)
     with sampling_threads(_model_device(prior)):
         images, codes = VQVAEPixelCNNInferer().sample(vqvae, prior, count, _grid(grid), temperature, generator,
-                                                      label, bool(progress))
+                                                      label, bool(progress), **truncation)
     return _bottom(codes), images
 
 
@@ -184,6 +210,9 @@ def complete_scan(
     num_samples: int = 4,
     label: int | None = None,
     progress: bool = False,
+    *,
+    top_k: Any = None,
+    top_p: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Complete a region of a real slice: encode it, resample the region's codes ``num_samples`` times (keeping
@@ -207,6 +236,7 @@ def complete_scan(
     count = _as_int(num_samples, "num_completions", minimum=1)
     temperature = _as_temperature(temperature)
     label = _label(prior, label)
+    truncation = _truncation(top_k, top_p)
     original = encode_images(vqvae, image[None])
     height, width = _bottom(original).shape[-2:]
     if isinstance(region, torch.Tensor):
@@ -223,7 +253,7 @@ def complete_scan(
         given = tuple(level.to(device).expand(count, *level.shape[-2:]).contiguous() for level in levels)
         images, completed = VQVAEPixelCNNInferer().complete(vqvae, prior, given if len(given) == 2 else given[0],
                                                             mask.to(device), temperature, generator, label,
-                                                            bool(progress))
+                                                            bool(progress), **truncation)
     return _bottom(original)[0], _bottom(completed), images
 
 

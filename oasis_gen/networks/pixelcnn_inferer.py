@@ -9,6 +9,7 @@ transformer: the code grid is kept 2D (the network is convolutional, raster orde
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,11 +21,27 @@ from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.networks.pixelcnn_sampling import complete_codes, evaluating, sample_codes
 from oasis_gen.networks.vqvae import named_quantizers
 
-__all__ = ["Codes", "PriorCodeBits", "TwoLevelPrior", "VQVAEPixelCNNInferer", "decode_codes", "encode_images"]
+__all__ = [
+    "Codes", "PerLevel", "PriorCodeBits", "TwoLevelPrior", "VQVAEPixelCNNInferer", "decode_codes", "encode_images",
+    "level_setting",
+]
 
 
 # the codes of one slice batch: a grid [N, h, w] for a single-level VQ-VAE, (top, bottom) grids for a two-level one
 Codes = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# a sampling setting for every level, or one per level of a two-level prior: {"top": ..., "bottom": ...}
+PerLevel = Any
+
+
+def level_setting(value: PerLevel, level: str) -> Any:
+    """The setting of one level (``top`` or ``bottom``) of a value given for every level or as a per-level mapping
+    (a level the mapping leaves out gets ``None``: no truncation)."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"top", "bottom"})
+        if unknown:
+            raise ValueError(f"per-level sampling settings take the keys 'top' and 'bottom', got {unknown}")
+        return value.get(level)
+    return value
 
 
 def _device(network: torch.nn.Module) -> torch.device:
@@ -177,6 +194,8 @@ class VQVAEPixelCNNInferer(Inferer):
         labels: torch.Tensor | int | None = None,
         progress: bool = False,
         cond: torch.Tensor | None = None,
+        top_k: PerLevel = None,
+        top_p: PerLevel = None,
     ) -> tuple[torch.Tensor, Codes]:
         """
         Draw new images: code grids from the prior (incremental sampler), decoded by the VQ-VAE.
@@ -194,6 +213,10 @@ class VQVAEPixelCNNInferer(Inferer):
             cond: conditioning grids ``[N, h / cond_factor, w / cond_factor]`` (or one) for a prior with
                 spatial conditioning: the top codes of a two-level VQ-VAE, for its bottom prior alone (the images
                 then decode both levels, and the codes returned are ``(top, bottom)``).
+            top_k: draw each code from the k most likely only (``None``: all); one value for every level, or
+                ``{"top": k, "bottom": k}`` per level of a two-level prior.
+            top_p: draw each code from the smallest set of most likely codes holding p of the probability
+                (``None``: all); per level as ``top_k``.
 
         Returns:
             ``(images, codes)``: float32 ``[N, 1, H, W]`` in [0, 1] and int64 ``[N, h, w]`` codes (``(top,
@@ -201,12 +224,12 @@ class VQVAEPixelCNNInferer(Inferer):
         """
         if isinstance(prior, TwoLevelPrior):
             top = sample_codes(prior.top, num_samples, prior.top_grid(tuple(grid)), temperature, labels, generator,
-                               progress=progress)
+                               progress=progress, **_truncation(top_k, top_p, "top"))
             codes: Codes = (top, sample_codes(prior.bottom, num_samples, tuple(grid), temperature, labels, generator,
-                                              progress=progress, cond=top))
+                                              progress=progress, cond=top, **_truncation(top_k, top_p, "bottom")))
         else:
             codes = sample_codes(prior, num_samples, tuple(grid), temperature, labels, generator, progress=progress,
-                                 cond=cond)
+                                 cond=cond, **_truncation(top_k, top_p, "bottom"))
             if cond is not None and "top" in named_quantizers(vqvae):  # a bottom prior given top codes
                 codes = (cond.to(codes.device).long().expand(num_samples, *cond.shape[-2:]), codes)
         return decode_codes(vqvae, codes), codes
@@ -260,6 +283,8 @@ class VQVAEPixelCNNInferer(Inferer):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | int | None = None,
         progress: bool = False,
+        top_k: PerLevel = None,
+        top_p: PerLevel = None,
     ) -> tuple[torch.Tensor, Codes]:
         """
         Resample the codes in ``region`` and keep the others; decode the result.
@@ -269,18 +294,25 @@ class VQVAEPixelCNNInferer(Inferer):
             region: bool ``[h, w]`` or ``[N, h, w]`` at the (bottom) grid; for a two-level prior the top
                 positions above it are resampled first (:meth:`TwoLevelPrior.top_region`), then the bottom ones
                 given the completed top grid.
+            top_k, top_p: truncation of sampling, per level as in :meth:`sample`.
 
         Returns:
             ``(images, codes)`` as :meth:`sample`.
         """
         if isinstance(prior, TwoLevelPrior):
             top = complete_codes(prior.top, codes[0], prior.top_region(region), temperature, labels, generator,
-                                 progress=progress)
+                                 progress=progress, **_truncation(top_k, top_p, "top"))
             completed: Codes = (top, complete_codes(prior.bottom, codes[1], region, temperature, labels, generator,
-                                                    progress=progress, cond=top))
+                                                    progress=progress, cond=top, **_truncation(top_k, top_p, "bottom")))
         else:
-            completed = complete_codes(prior, codes, region, temperature, labels, generator, progress=progress)
+            completed = complete_codes(prior, codes, region, temperature, labels, generator, progress=progress,
+                                       **_truncation(top_k, top_p, "bottom"))
         return decode_codes(vqvae, completed), completed
+
+
+def _truncation(top_k: PerLevel, top_p: PerLevel, level: str) -> dict[str, Any]:
+    """The truncation keyword arguments of one level's sampler."""
+    return {"top_k": level_setting(top_k, level), "top_p": level_setting(top_p, level)}
 
 
 def _bits(prior: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | int | None = None,

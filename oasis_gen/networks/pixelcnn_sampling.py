@@ -36,7 +36,8 @@ from tqdm import tqdm
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 
 __all__ = [
-    "IncrementalState", "complete_codes", "evaluating", "incremental_logits", "sample_codes", "sample_codes_naive",
+    "IncrementalState", "check_truncation", "complete_codes", "evaluating", "incremental_logits", "sample_codes",
+    "sample_codes_naive", "truncate_logits",
 ]
 
 
@@ -255,6 +256,8 @@ def sample_codes_naive(
     initial: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     cond: torch.Tensor | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """
     Reference sampler: for each position in raster order, run the whole network on the whole grid and sample
@@ -266,12 +269,13 @@ def sample_codes_naive(
         int64 code grids ``[num_samples, H, W]`` on the model's device.
     """
     codes, region, active = _prepare(model, num_samples, grid, temperature, initial, region)
+    top_k, top_p = check_truncation(top_k, top_p)
     with evaluating(model):
         labels = model.check_labels(labels, num_samples)
         cond = model.check_cond(cond, num_samples, (codes.shape[1], codes.shape[2]))
         for i, j in active:
             logits = model(codes, labels, cond)[:, :, i, j]
-            sampled = _draw(logits, temperature, generator)
+            sampled = _draw(logits, temperature, generator, top_k, top_p)
             codes[:, i, j] = torch.where(region[:, i, j], sampled, codes[:, i, j])
     return codes
 
@@ -287,6 +291,8 @@ def sample_codes(
     region: torch.Tensor | None = None,
     progress: bool = False,
     cond: torch.Tensor | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """
     Sample code grids from the prior with the incremental sampler (about the cost of one forward pass per
@@ -308,11 +314,15 @@ def sample_codes(
         progress: show a tqdm progress bar over rows.
         cond: for a prior with spatial conditioning, the conditioning grids ``[N, H / cond_factor,
             W / cond_factor]`` (or one ``[h, w]`` for all), seen at every position; else ``None``.
+        top_k: draw each code from the ``top_k`` most likely codes only (``None``: all).
+        top_p: draw each code from the smallest set of most likely codes holding ``top_p`` of the probability
+            (nucleus sampling; ``None``: all). Truncation trades diversity for typical codes.
 
     Returns:
         int64 code grids ``[num_samples, H, W]`` on the model's device.
     """
     codes, region, active = _prepare(model, num_samples, grid, temperature, initial, region)
+    top_k, top_p = check_truncation(top_k, top_p)
     if not active:
         return codes
     last_row = active[-1][0]
@@ -324,7 +334,7 @@ def sample_codes(
         for i in tqdm(range(last_row + 1), desc="sampling codes", unit="row", disable=not progress):
             for j in range(codes.shape[2]):
                 if wanted[i][j]:
-                    sampled = _draw(state.step(), temperature, generator)
+                    sampled = _draw(state.step(), temperature, generator, top_k, top_p)
                     codes[:, i, j] = torch.where(region[:, i, j], sampled, codes[:, i, j])
                 state.push(codes[:, i, j])
     return codes
@@ -339,6 +349,8 @@ def complete_codes(
     generator: torch.Generator | None = None,
     progress: bool = False,
     cond: torch.Tensor | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """
     Resample the positions of ``codes`` ``[N, H, W]`` in ``region`` (bool ``[H, W]`` or ``[N, H, W]``) and
@@ -360,13 +372,48 @@ def complete_codes(
         region=region,
         progress=progress,
         cond=cond,
+        top_k=top_k,
+        top_p=top_p,
     )
 
 
-def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One code per row of ``logits`` ``[N, K]`` from ``softmax(logits / temperature)``."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+def truncate_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """
+    ``logits`` ``[N, K]`` with every code outside the kept set at ``-inf``: the ``top_k`` most likely codes of
+    each row, then of those the smallest set of most likely codes that holds at least ``top_p`` of the
+    probability (nucleus sampling). ``None`` keeps all; the most likely code is always kept.
+    """
+    logits = logits.float()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~kept, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        # a code is kept while the mass of the codes more likely than it is still short of top_p
+        dropped_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        dropped = torch.zeros_like(dropped_sorted).scatter_(-1, order, dropped_sorted)
+        logits = logits.masked_fill(dropped, -math.inf)
+    return logits
+
+
+def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_k: int | None = None,
+          top_p: float | None = None) -> torch.Tensor:
+    """One code per row of ``logits`` ``[N, K]`` from ``softmax(logits / temperature)``, truncated to ``top_k`` /
+    ``top_p`` (:func:`truncate_logits`)."""
+    probs = torch.softmax(truncate_logits(logits.float() / temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def check_truncation(top_k: int | None = None, top_p: float | None = None) -> tuple[int | None, float | None]:
+    """Validate the truncation of sampling: ``top_k`` an integer >= 1 or None, ``top_p`` in (0, 1] or None."""
+    if top_k is not None:
+        _check_positive_int("top_k", top_k)
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        top_p = float(top_p)
+    return top_k, top_p
 
 
 def _prepare(
