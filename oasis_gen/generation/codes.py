@@ -256,6 +256,8 @@ def prior_spec(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_checkpoint: str 
     if two_level and level == "bottom":
         architecture.update(cond_num_embeddings=int(vq["top_num_embeddings"]),
                             cond_factor=int(vq["grid_size"]) // int(vq["top_grid_size"]))
+    else:
+        architecture.pop("cond_layers", None)  # only a bottom prior reads a conditioning grid
     try:
         spec = pixelcnn_spec(num_embeddings=num_embeddings, grid_size=grid_size,
                              vqvae_checkpoint=str(vqvae_checkpoint), vqvae_sha256=vqvae_sha256, **architecture)

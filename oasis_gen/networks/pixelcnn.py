@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from oasis_gen.networks.spec import ModelSpec, load_network
 
-__all__ = ["GatedPixelCNN", "GatedPixelCNNLayer", "PixelCNNOutputHead"]
+__all__ = ["ConditioningStack", "GatedPixelCNN", "GatedPixelCNNLayer", "PixelCNNOutputHead"]
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -295,6 +295,50 @@ class PixelCNNOutputHead(nn.Module):
         return _linear_conv(self.conv2, F.relu(_linear_conv(self.conv1, F.relu(x))))
 
 
+class ConditioningStack(nn.Module):
+    """
+    Features of a fully given conditioning code grid (the top codes of a two-level VQ-VAE) for every position of a
+    ``factor`` times finer grid: embedding plus coordinate channels, ``num_blocks`` non-causal residual blocks
+    (ReLU, dilated 3x3, ReLU, 1x1) at the grid's own resolution with dilations 1, 2, 4, 1, 2, 4, ..., and a
+    transposed convolution that gives each of the ``factor x factor`` fine positions under a code its own features.
+
+    Args:
+        num_embeddings: codes of the conditioning grid.
+        channels: feature channels.
+        num_blocks: residual blocks; each widens the reach by its dilation (3 blocks: 7 codes to each side).
+        factor: how many fine positions one conditioning code spans along each side.
+    """
+
+    def __init__(self, num_embeddings: int, channels: int, num_blocks: int, factor: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_embeddings, channels)
+        self.coordinates = nn.Conv2d(2, channels, kernel_size=1)
+        self.dilations = [2 ** (i % 3) for i in range(num_blocks)]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.ReLU(),
+                          nn.Conv2d(channels, channels, 1))
+            for d in self.dilations
+        )
+        self.enlarge = nn.ConvTranspose2d(channels, channels, kernel_size=factor, stride=factor)
+
+    @property
+    def reach(self) -> int:
+        """How many conditioning codes to each side a feature sees."""
+        return sum(self.dilations)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        """Integer grids ``[B, h, w]`` -> features ``[B, channels, h * factor, w * factor]``."""
+        features = self.embedding(cond).movedim(-1, 1)
+        height, width = cond.shape[-2:]
+        rows = torch.linspace(-1.0, 1.0, height, device=features.device, dtype=features.dtype)
+        cols = torch.linspace(-1.0, 1.0, width, device=features.device, dtype=features.dtype)
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))[None]
+        features = features + self.coordinates(grid)
+        for block in self.blocks:
+            features = features + block(features)
+        return self.enlarge(F.relu(features))
+
+
 class GatedPixelCNN(nn.Module):
     """
     Gated PixelCNN (van den Oord et al., 2016) without blind spot: an autoregressive prior over ``K``-way
@@ -323,6 +367,12 @@ class GatedPixelCNN(nn.Module):
             ``None`` (default) for a prior without spatial conditioning.
         cond_factor: how many codes of the modelled grid one conditioning code covers along each side: the
             conditioning grid of ``[H, W]`` codes is ``[H / cond_factor, W / cond_factor]``. Defaults to 2.
+        cond_layers: the conditioning stack. ``0`` (default, the stack of earlier priors): the embedded grid is
+            enlarged (nearest) and run through two 3x3 convolutions at the modelled grid's resolution, so a
+            position sees the conditioning codes around it only. ``N >= 1``: a :class:`ConditioningStack` of ``N``
+            dilated residual blocks at the conditioning grid's own resolution, with coordinate channels, then a
+            learned enlargement: with 3 or more blocks every position sees the whole of an 8x8 grid (VQ-VAE-2's
+            bottom prior reads the top grid through such a non-causal stack).
     """
 
     def __init__(
@@ -336,6 +386,7 @@ class GatedPixelCNN(nn.Module):
         out_channels_hidden: int | None = None,
         cond_num_embeddings: int | None = None,
         cond_factor: int = 2,
+        cond_layers: int = 0,
     ) -> None:
         super().__init__()
         _check_positive_int("num_embeddings", num_embeddings)
@@ -352,6 +403,8 @@ class GatedPixelCNN(nn.Module):
         if cond_num_embeddings is not None:
             _check_positive_int("cond_num_embeddings", cond_num_embeddings)
         _check_positive_int("cond_factor", cond_factor)
+        if isinstance(cond_layers, bool) or not isinstance(cond_layers, int) or cond_layers < 0:
+            raise ValueError(f"cond_layers must be an integer >= 0, got {cond_layers!r}")
 
         self.num_embeddings = num_embeddings
         self.channels = channels
@@ -362,11 +415,15 @@ class GatedPixelCNN(nn.Module):
         self.out_channels_hidden = out_channels_hidden
         self.cond_num_embeddings = cond_num_embeddings
         self.cond_factor = cond_factor
+        self.cond_layers = cond_layers
 
         self.embedding = nn.Embedding(num_embeddings, channels)
         self.cond_embedding: nn.Embedding | None = None
         self.cond_net: nn.Sequential | None = None
-        if cond_num_embeddings is not None:
+        self.cond_stack: ConditioningStack | None = None
+        if cond_num_embeddings is not None and cond_layers > 0:
+            self.cond_stack = ConditioningStack(cond_num_embeddings, channels, cond_layers, cond_factor)
+        elif cond_num_embeddings is not None:
             self.cond_embedding = nn.Embedding(cond_num_embeddings, channels)
             # non-causal: the conditioning grid is fully given, so each position may see its neighbours
             self.cond_net = nn.Sequential(
@@ -506,7 +563,11 @@ class GatedPixelCNN(nn.Module):
         Features of a checked conditioning grid ``[B, h, w]`` (see :meth:`check_cond`) at the codes' resolution:
         ``[B, channels, h * cond_factor, w * cond_factor]``, or ``None`` without conditioning.
         """
-        if cond is None or self.cond_embedding is None or self.cond_net is None:
+        if cond is None:
+            return None
+        if self.cond_stack is not None:
+            return self.cond_stack(cond)
+        if self.cond_embedding is None or self.cond_net is None:
             return None
         embedded = self.cond_embedding(cond).movedim(-1, 1)
         return self.cond_net(F.interpolate(embedded, scale_factor=self.cond_factor, mode="nearest"))
@@ -567,6 +628,7 @@ def pixelcnn_spec(
     vqvae_sha256: str | None = None,
     cond_num_embeddings: int | None = None,
     cond_factor: int = 2,
+    cond_layers: int = 0,
 ) -> ModelSpec:
     """The prior's architecture plus the VQ-VAE it models (path and hash), as saved in its checkpoints.
 
@@ -580,6 +642,8 @@ def pixelcnn_spec(
                      vqvae_checkpoint=vqvae_checkpoint, vqvae_sha256=vqvae_sha256)
     if cond_num_embeddings is not None:
         spec.values.update(cond_num_embeddings=int(cond_num_embeddings), cond_factor=int(cond_factor))
+        if cond_layers:  # written only when set, so a spec of the earlier stack reads as before
+            spec.values.update(cond_layers=int(cond_layers))
     pixelcnn_from_spec(spec)  # validates the sizes now, with clear errors
     return spec
 
@@ -590,7 +654,8 @@ def pixelcnn_from_spec(spec: ModelSpec | dict) -> GatedPixelCNN:
     return GatedPixelCNN(num_embeddings=s["num_embeddings"], channels=s["channels"], num_layers=s["num_layers"],
                          kernel_size=s["kernel_size"], num_classes=s["num_classes"], dropout=s["dropout"],
                          out_channels_hidden=s["out_channels_hidden"],
-                         cond_num_embeddings=s.get("cond_num_embeddings"), cond_factor=s.get("cond_factor", 2))
+                         cond_num_embeddings=s.get("cond_num_embeddings"), cond_factor=s.get("cond_factor", 2),
+                         cond_layers=s.get("cond_layers", 0))
 
 
 def load_pixelcnn(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, ModelSpec]:
