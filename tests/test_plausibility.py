@@ -24,6 +24,7 @@ from oasis_gen.generation.plausibility import (
     shape_distance,
     shape_statistics,
 )
+from oasis_gen.metrics import ms_ssim_diversity, radial_power_spectrum, spectrum_distance
 
 SIZE = 64
 SUBJECT = re.compile(r"^case_(\d{3})_slice_\d+\.nii\.png$")
@@ -277,8 +278,8 @@ def test_plausibility_report_has_every_figure_and_its_floor(cohort):
 
     table = format_report(report)
     assert table.startswith("| figure | samples | real-vs-real floor |\n")
-    # one row per figure: C2ST, intensities, 4 means, 4 distances, 2 memorisation, header rule
-    assert table.count("\n| ") == 13
+    # one row per figure: C2ST, intensities, diversity, texture, 4 means, 4 distances, 2 memorisation, header rule
+    assert table.count("\n| ") == 15
     assert "C2ST accuracy" in table and f"{report['c2st_accuracy_floor']:.3f}" in table
 
 
@@ -319,3 +320,50 @@ def test_fixture_reads_a_real_cohort(cohort):
     images, subjects = _all_slices(cohort)
     assert images.shape == (128, 1, SIZE, SIZE) and len(set(subjects.tolist())) == 16
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+# ------------------------------------------------------------------ diversity, texture, the prior's own test
+
+
+def test_diversity_tells_a_set_of_identical_slices_from_real_sets(cohort):
+    reference, floor = cohort["test"][0], cohort["validate"][0]
+    real_a, real_b = ms_ssim_diversity(reference), ms_ssim_diversity(floor)
+    assert real_a > 0.3 and abs(real_a - real_b) < 0.1
+    assert ms_ssim_diversity(reference[:1].expand(12, -1, -1, -1).clone()) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_texture_distance_is_near_zero_for_real_sets_and_large_for_noise_and_speckle(cohort):
+    reference, floor = cohort["test"][0], cohort["validate"][0]
+    train = cohort["train"][0]
+    generator = torch.Generator().manual_seed(0)
+    real = max(spectrum_distance(floor, reference), spectrum_distance(train, reference))
+    noise = spectrum_distance(torch.rand(32, 1, SIZE, SIZE, generator=generator), reference)
+    speckled = (floor + 0.15 * torch.randn(floor.shape, generator=generator) * (floor > 0)).clamp(0, 1)
+    assert real < 0.15 and noise > 5 * real and spectrum_distance(speckled, reference) > 4 * real
+    assert spectrum_distance(reference, reference) == 0.0
+    spectrum = radial_power_spectrum(reference)
+    assert spectrum.shape == (SIZE // 2 + 1,) and spectrum[0] > spectrum[-1] > 0
+
+
+def test_samples_are_tested_against_reconstructions_beside_reconstructions_of_other_subjects(cohort):
+    reference, reference_subjects = cohort["test"]
+    floor, floor_subjects = cohort["validate"]
+
+    def render(images: torch.Tensor) -> torch.Tensor:  # a first stage that blurs
+        return torch.from_numpy(ndimage.gaussian_filter(images.numpy(), sigma=(0, 0, 1.0, 1.0)))
+
+    # samples that are rendered real slices of other subjects: a perfect prior for this first stage, so its own test
+    # sits near its floor, while the plain test against real slices sees the rendering
+    report = plausibility_report(reference, render(floor), floor, folds=4, epochs=5,
+                                 reference_groups=reference_subjects, floor_groups=floor_subjects,
+                                 reconstruction=render(floor), reference_reconstruction=render(reference))
+    assert abs(report["c2st_prior_accuracy"] - report["c2st_prior_accuracy_floor"]) < 0.15
+    assert report["c2st_prior_accuracy"] < report["c2st_accuracy"] - 0.15
+    for key in ("diversity", "diversity_floor", "diversity_reconstruction", "diversity_reference",
+                "texture_distance", "texture_distance_floor", "texture_distance_reconstruction"):
+        assert math.isfinite(report[key]), key
+    table = format_report(report)
+    row = next(line for line in table.splitlines() if line.startswith("| C2ST against reconstructions"))
+    assert f"| {report['c2st_prior_accuracy']:.3f} | {report['c2st_prior_accuracy_floor']:.3f} |" in row
+    with pytest.raises(ValueError, match="one image per reference slice"):
+        plausibility_report(reference, _blobs(8, 5), floor, reconstruction=floor, reference_reconstruction=floor[:3])

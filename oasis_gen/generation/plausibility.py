@@ -32,6 +32,15 @@ figure of the reference set itself.
   first stage's reconstructions of the floor slices, with the suffix ``_reconstruction``. They are the figures of a
   perfect prior with that first stage: samples cannot score better than its reconstructions, so the gap from the
   floor to them is the first stage's share of the samples' gap, and the rest is the prior's.
+- ``diversity`` (+ ``_floor``, ``_reconstruction``, ``_reference``): 1 - the mean MS-SSIM between pairs of slices of
+  the set (:func:`oasis_gen.metrics.ms_ssim_diversity`): a prior that buys plausibility with collapse shows here.
+- ``texture_distance`` (+ ``_floor``, ``_reconstruction``): mean absolute log10 difference between the radially
+  averaged power spectra of the set and of the reference (:func:`oasis_gen.metrics.spectrum_distance`): speckle
+  raises it (power at high frequencies), and so does blur.
+- Only when both reconstructions are given: ``c2st_prior_accuracy`` (+ ``_floor``): the classifier two-sample test
+  of the samples against the first stage's reconstructions of the reference, and of the floor's reconstructions
+  against them. A perfect prior scores its floor here whatever the first stage's blur: it is the prior's share of
+  the gap, measured directly.
 - ``n_samples``, ``n_floor``, ``n_reference`` (and ``n_train``): the set sizes used; samples and floor are cut
   to the same size, so both comparisons carry the same small-sample bias.
 
@@ -57,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oasis_gen.metrics import ms_ssim_diversity, spectrum_distance
 from oasis_gen.threads import torch_threads
 
 __all__ = [
@@ -72,6 +82,8 @@ __all__ = [
     "format_report",
 ]
 
+# pairs of slices whose MS-SSIM the diversity figure averages (drawn at random, seeded, from all pairs)
+DIVERSITY_PAIRS = 1024
 # the per-slice statistics of shape_statistics, in report order
 SHAPE_STATISTICS: tuple[str, ...] = ("one_region", "area", "mirror_iou", "solidity")
 # the name of a statistic's mean in the report (one_region is 0 or 1, so its mean is a share)
@@ -483,7 +495,8 @@ def _subsample(count: int, total: int, generator: torch.Generator) -> torch.Tens
 def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: torch.Tensor,
                         train: torch.Tensor | None = None, seed: int = 0, folds: int = 5, epochs: int = 20,
                         reference_groups: Any = None, floor_groups: Any = None,
-                        reconstruction: torch.Tensor | None = None) -> dict[str, float]:
+                        reconstruction: torch.Tensor | None = None,
+                        reference_reconstruction: torch.Tensor | None = None) -> dict[str, float]:
     """Every plausibility figure for ``samples`` and its real-vs-real floor, as a flat dict (keys: module docstring).
 
     Args:
@@ -501,6 +514,9 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
         floor_groups: likewise per floor slice.
         reconstruction: the first stage's reconstructions of ``floor``, one per floor slice in the same order; when
             given, the figures of a perfect prior (``_reconstruction`` keys) are added.
+        reference_reconstruction: the first stage's reconstructions of ``reference``, one per reference slice; with
+            ``reconstruction``, the prior's own two-sample test is added (``c2st_prior_accuracy``: samples against
+            them; its floor: the floor's reconstructions against them).
     """
     reference, samples, floor = _images(reference, "reference"), _images(samples, "samples"), _images(floor, "floor")
     if reconstruction is not None:
@@ -515,6 +531,12 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
         sets["train"] = train = _images(train, "train")
     if reconstruction is not None:
         sets["reconstruction"] = reconstruction
+    if reference_reconstruction is not None:
+        sets["reference_reconstruction"] = reference_reconstruction = _images(reference_reconstruction,
+                                                                              "reference_reconstruction")
+        if len(reference_reconstruction) != len(reference):
+            raise ValueError(f"reference_reconstruction must hold one image per reference slice ({len(reference)}), "
+                             f"got {len(reference_reconstruction)}")
     shapes = {name: tuple(images.shape[-2:]) for name, images in sets.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"all image sets must have the same height and width, got {shapes}")
@@ -542,18 +564,30 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
             reference, reconstruction, folds=folds, epochs=epochs, seed=seed, groups_a=reference_groups,
             groups_b=floor_groups)
 
+    if reconstruction is not None and reference_reconstruction is not None:
+        # the prior alone: decoded samples against decoded real codes, where a perfect prior sits at its floor (the
+        # decoded codes of other subjects) whatever the first stage's blur
+        report["c2st_prior_accuracy"] = classifier_two_sample_test(
+            reference_reconstruction, samples, folds=folds, epochs=epochs, seed=seed, groups_a=reference_groups)
+        report["c2st_prior_accuracy_floor"] = classifier_two_sample_test(
+            reference_reconstruction, reconstruction, folds=folds, epochs=epochs, seed=seed,
+            groups_a=reference_groups, groups_b=floor_groups)
+
     stats_reference = shape_statistics(reference)
     compared = {"": samples, "_floor": floor, "_reconstruction": reconstruction}
     for suffix, images in compared.items():
         if images is None:
             continue
         report[f"intensity_distance{suffix}"] = intensity_distance(reference, images)
+        report[f"texture_distance{suffix}"] = spectrum_distance(images, reference)
+        report[f"diversity{suffix}"] = ms_ssim_diversity(images, max_pairs=DIVERSITY_PAIRS, seed=seed)
         distances = shape_distance(stats_reference, shape_statistics(images))
         for name in SHAPE_STATISTICS:
             report[f"{_MEAN_NAMES[name]}{suffix}"] = distances[f"{name}_mean_b"]
             report[f"{name}_distance{suffix}"] = distances[f"{name}_distance"]
     for name in SHAPE_STATISTICS:
         report[f"{_MEAN_NAMES[name]}_reference"] = float(stats_reference[name].mean())
+    report["diversity_reference"] = ms_ssim_diversity(reference, max_pairs=DIVERSITY_PAIRS, seed=seed)
 
     if train is not None:
         copies = memorisation(samples, train, reference=reference)
@@ -568,7 +602,11 @@ def plausibility_report(reference: torch.Tensor, samples: torch.Tensor, floor: t
 # (key of the samples' figure, label); the floor's figure is the key + "_floor"
 _ROWS = (
     ("c2st_accuracy", "C2ST accuracy (0.5 = indistinguishable)"),
+    ("c2st_prior_accuracy", "C2ST against reconstructions of real slices (the prior alone; floor: reconstructions "
+                            "of other subjects)"),
     ("intensity_distance", "non-black intensities, Wasserstein distance to reference"),
+    ("diversity", "diversity, 1 - mean pairwise MS-SSIM"),
+    ("texture_distance", "texture: radial power spectrum, mean log10 distance to reference"),
     *((_MEAN_NAMES[name], f"{_MEAN_NAMES[name].replace('_', ' ')}, mean") for name in SHAPE_STATISTICS),
     *((f"{name}_distance", f"{name.replace('_', ' ')}, Wasserstein distance to reference")
       for name in SHAPE_STATISTICS),

@@ -63,7 +63,8 @@ def sample_plausibility(samples: torch.Tensor, records: Mapping[str, Sequence[Ma
         max_reference: at most this many test slices; max_train likewise for the training slices.
         seed: seeds the choice of slices and the two-sample tests.
         vqvae: the first stage that decodes the samples; when given, its reconstructions of the floor slices are
-            scored too (the figures of a perfect prior, ``_reconstruction`` keys of the report).
+            scored too (the figures of a perfect prior, ``_reconstruction`` keys of the report), and the samples
+            are tested against its reconstructions of the reference (``c2st_prior_accuracy``: the prior alone).
     """
     for split in ("test", "validate"):
         if not records.get(split):
@@ -75,16 +76,17 @@ def sample_plausibility(samples: torch.Tensor, records: Mapping[str, Sequence[Ma
     train = None
     if records.get("train"):
         train, _ = split_slices(records["train"], image_size, max_train, seed, progress, "train slices")
-    reconstruction = None
+    reconstruction = reference_reconstruction = None
     if vqvae is not None:
         reconstruction = decode_codes(vqvae, encode_images(vqvae, floor)).cpu()
+        reference_reconstruction = decode_codes(vqvae, encode_images(vqvae, reference)).cpu()
     folds = max(2, min(int(folds), len(samples), len(floor)))
     # a subject's slices share a fold, where a split has subjects enough for the folds (tiny datasets may not)
     reference_groups = reference_groups if len(set(reference_groups)) >= folds else None
     floor_groups = floor_groups if len(set(floor_groups)) >= folds else None
     return plausibility_report(reference, samples.float().cpu(), floor, train=train, seed=seed, folds=folds,
                                epochs=epochs, reference_groups=reference_groups, floor_groups=floor_groups,
-                               reconstruction=reconstruction)
+                               reconstruction=reconstruction, reference_reconstruction=reference_reconstruction)
 
 
 def heldout_nll(prior: GatedPixelCNN | TwoLevelPrior, vqvae: torch.nn.Module, records: Sequence[Mapping[str, Any]],
