@@ -69,8 +69,13 @@ def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqv
     ckpts = prior_run["out"] / "checkpoints"
     assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=1.pt").is_file()
     last = torch.load(ckpts / "last_checkpoint_epoch=1.pt", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    assert {"model", "ema", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    # weight averaging: model.pt (what sampling and inference load) holds the averaged weights, not the trained ones
+    best = torch.load(ckpts / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[key], last["ema"][key]) for key in last["ema"])
+    assert any(not torch.equal(last["ema"][key], last["model"][key]) for key in last["model"])
     prior, spec = load_pixelcnn(ckpts / "model.pt")
+    assert all(torch.equal(value, last["ema"][key]) for key, value in prior.state_dict().items())
     assert spec["num_embeddings"] == prior.num_embeddings == 16 and spec["grid_size"] == 8
     assert spec["num_classes"] is None and spec["channels"] == 8 and spec["num_layers"] == 2
     assert spec["vqvae_sha256"] == file_sha256(vqvae_ckpt) and spec["vqvae_checkpoint"] == str(vqvae_ckpt)
@@ -81,6 +86,18 @@ def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqv
         assert cache["vqvae_sha256"] == spec["vqvae_sha256"] and len(cache["records"]) == count
     log = prior_run["result"].stdout + prior_run["result"].stderr
     assert "encoding the train split (12 slices)" in log and "reusing cached codes" not in log
+
+
+@pytest.mark.slow
+def test_without_weight_averaging_model_pt_holds_the_trained_weights(tiny_data, vqvae_ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, tmp_path / "mlruns", ema_momentum="null",
+                                          codes_dir=vqvae_ckpt.parent.parent.parent / "prior_codes"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = torch.load(out / "checkpoints" / "last_checkpoint_epoch=1.pt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[key], last["model"][key]) for key in last["model"])
 
 
 @pytest.mark.slow
