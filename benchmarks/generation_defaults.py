@@ -42,6 +42,17 @@ IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never 
 CANDIDATES: dict[str, list[str]] = {
     # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256), LeakyReLU in the top encoder
     "two_level": [],
+    # the priors before issue 22's levers: the bottom prior reads the top grid locally, no weight averaging
+    "priors_before": ["prior.cond_layers=0", "prior.ema_momentum=null", "prior_top.ema_momentum=null"],
+    # one lever at a time against priors_before
+    "cond_stack": ["prior.ema_momentum=null", "prior_top.ema_momentum=null"],
+    "ema": ["prior.cond_layers=0"],
+    "bottom64x8": ["prior.channels=64", "prior.num_layers=8"],
+    "bottom64x12": ["prior.channels=64", "prior.num_layers=12"],
+    "bottom_lr3e-3": ["prior.learning_rate=0.003"],
+    "bottom_batch16": ["prior.batch_size=16", "prior_epoch_batches=96"],
+    "bottom_batch64": ["prior.batch_size=64", "prior_epoch_batches=24"],
+    "slice_position": ["prior.num_classes=8", "prior_top.num_classes=8"],
     "two_level_bottom64x8": ["prior.channels=64", "prior.num_layers=8"],  # a larger bottom prior, fewer steps
     # a quarter of the training images decoded from the top codes alone
     "top_only25": ["vqvae.top_only_rate=0.25"],
@@ -52,6 +63,15 @@ CANDIDATES: dict[str, list[str]] = {
                      "prior.channels=64", "prior.num_layers=12"],
 }
 SINGLE_LEVEL = {"single_level"}  # candidates without a top prior stage
+# sampling variant -> sample.yaml overrides (truncation per level), run on each candidate's trained priors
+SAMPLING: dict[str, list[str]] = {
+    "topk8": ["top_k#bottom=8"],
+    "topk3": ["top_k#bottom=3"],
+    "topp0.9": ["top_p#bottom=0.9"],
+    "topp0.8": ["top_p#bottom=0.8"],
+    "topp0.9both": ["top_p#bottom=0.9", "top_p#top=0.9"],
+    "T0.9": ["temperature=0.9"],
+}
 # axial slices of the IXI volumes (stored P-S-R, turned to RAS by the reader); min_brain_fraction 0.25 drops the neck
 # and the skull cap
 IXI_SETTINGS = ["slice_axis=axial", "min_brain_fraction=0.25"]
@@ -76,13 +96,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--name", default=None, help="result file name (default: generation_<dataset>_<minutes>)")
     parser.add_argument("--quick", action="store_true", help="tiny images and models, seconds (for the tests)")
+    parser.add_argument("--vqvae-from", type=Path, default=None,
+                        help="a candidate's runs folder of an earlier run: its VQ-VAE, evaluation and codes are "
+                             "copied and reused, so candidates differ in their priors and sampling alone")
+    parser.add_argument("--top-share", type=float, default=1 / 3, help="the top prior's share of the prior minutes")
+    parser.add_argument("--sampling", default="",
+                        help="sampling variants run on every candidate's priors, beside its default sampling: "
+                             "comma-separated names of " + ", ".join(SAMPLING)),
     return parser.parse_args(argv)
 
 
 def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -> list[str]:
     """The ``oasis-gen pipeline run`` command line that trains and samples one candidate."""
     single = candidate in SINGLE_LEVEL
-    top_minutes = 0.0 if single else args.prior_minutes / 3
+    top_minutes = 0.0 if single else args.prior_minutes * args.top_share
     settings = [f"runs_dir={runs_dir}", f"tracking_uri={runs_dir.parent / 'mlruns'}",
                 f"vqvae_minutes={args.vqvae_minutes}", f"top_prior_minutes={top_minutes:g}",
                 f"prior_minutes={args.prior_minutes - top_minutes:g}", "vqvae_epochs=1000", "prior_epochs=1000",
@@ -98,6 +125,8 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
         settings += quick + ["vqvae_epochs=1", "prior_epochs=1", "top_prior_epochs=1", f"completion_scan={scan}"]
     settings += CANDIDATES[candidate]
     stages = ("data",) * (args.dataset == "demo") + tuple(s for s in DATA_STAGES if not (single and s == "prior_top"))
+    if args.vqvae_from is not None:  # the VQ-VAE, its evaluation and the codes are copied in
+        stages = tuple(s for s in stages if s not in ("data", "vqvae", "evaluation", "codes"))
     if args.quick and not single:
         stages += ("inference",)  # the quick mode runs the whole demo pipeline, so that the suite does
     own_data = args.dataset != "demo"
@@ -144,6 +173,14 @@ def run_candidate(args: argparse.Namespace, candidate: str) -> dict[str, Any]:
     """Train, evaluate and sample one candidate through the pipeline; collect its figures."""
     runs_dir = args.runs_dir / f"{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}" / candidate
     shutil.rmtree(runs_dir, ignore_errors=True)  # the pipeline would skip stages an earlier run finished
+    if args.vqvae_from is not None:
+        shutil.copytree(args.vqvae_from / "vqvae", runs_dir / "vqvae")
+        shutil.copytree(args.vqvae_from / "prior" / "codes", runs_dir / "prior" / "codes")
+        for stage in ("data", "vqvae", "evaluation", "codes"):  # the pipeline's records that these stages finished
+            record = args.vqvae_from / "pipeline" / f"{stage}.json"
+            if record.is_file():
+                (runs_dir / "pipeline").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(record, runs_dir / "pipeline" / record.name)
     command = pipeline_command(args, candidate, runs_dir)
     print(f"[{candidate}] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
@@ -154,8 +191,37 @@ def run_candidate(args: argparse.Namespace, candidate: str) -> dict[str, Any]:
         raise SystemExit(f"[{candidate}] the pipeline failed (exit {done.returncode}); logs in {runs_dir}/logs")
     evaluation = read_json(runs_dir / "vqvae" / "evaluation" / "summary.json")
     sampling = read_json(runs_dir / "samples" / "summary.json")
-    return {"candidate": candidate, "overrides": CANDIDATES[candidate], "runs_dir": str(runs_dir),
-            "pipeline_seconds": seconds, "evaluation": evaluation, "sampling": sampling}
+    rows = [{"candidate": candidate, "overrides": CANDIDATES[candidate], "runs_dir": str(runs_dir),
+             "pipeline_seconds": seconds, "evaluation": evaluation, "sampling": sampling}]
+    for variant in [name for name in args.sampling.split(",") if name]:
+        rows.append(run_sampling_variant(args, candidate, variant, runs_dir, evaluation))
+    return rows
+
+
+def run_sampling_variant(args: argparse.Namespace, candidate: str, variant: str, runs_dir: Path,
+                         evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Sample a candidate's trained priors once more with a sampling variant (sample.yaml, as the pipeline does)."""
+    out = runs_dir / f"samples_{variant}"
+    data_dir = IXI_DIR if args.dataset == "ixi" else (args.runs_dir / "data_quick" if args.quick
+                                                       else ROOT / "data" / "demo")
+    command = [sys.executable, "-m", "monai.bundle", "run", "sampling", "--config_file",
+               str(ROOT / "bundle" / "configs" / "sample.yaml"), "--prior_ckpt",
+               str(runs_dir / "prior" / "checkpoints" / "model.pt"), "--output_dir", str(out), "--num_samples",
+               str(args.num_samples), "--dataset_dir", str(data_dir), "--tracking_uri", str(runs_dir.parent / "mlruns"),
+               "--progress", "false"]
+    if args.quick:
+        command += ["--plausibility_epochs", "2"]
+    for item in (IXI_SETTINGS if args.dataset == "ixi" else []) + SAMPLING[variant]:
+        key, value = item.split("=", 1)
+        command += [f"--{key}", value]
+    print(f"[{candidate}+{variant}] {' '.join(command[2:])}", flush=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"[{candidate}+{variant}] sampling failed (exit {done.returncode})")
+    return {"candidate": f"{candidate} + {variant}", "overrides": CANDIDATES[candidate] + SAMPLING[variant],
+            "runs_dir": str(out), "pipeline_seconds": None, "evaluation": evaluation,
+            "sampling": read_json(out / "summary.json")}
 
 
 def _figure(values: dict[str, Any], key: str, digits: int = 3) -> str:
@@ -170,33 +236,40 @@ def _plausibility(metrics: dict[str, Any], key: str, digits: int) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison table: reconstruction, likelihood, plausibility beside its floor, sampling time."""
+    """The comparison table: reconstruction, likelihood, plausibility beside its floors, diversity, texture, time."""
     rows = result["candidates"]
+    shared = (f" The VQ-VAE, its evaluation and codes are shared, copied from `{result['vqvae_from']}`."
+              if result.get("vqvae_from") else "")
     lines = [
-        f"# Generation defaults at equal wall time ({result['dataset']})",
+        f"# Generation at equal wall time ({result['dataset']})",
         "",
-        f"Each candidate: VQ-VAE {result['vqvae_minutes']:g} min, prior {result['prior_minutes']:g} min, through "
-        f"`pipelines/demo.yaml` (the bundle configs); {result['num_samples']} samples. "
-        f"{machine_summary(result['machine'])}",
+        f"Each candidate: VQ-VAE {result['vqvae_minutes']:g} min, priors {result['prior_minutes']:g} min "
+        f"(top prior {result.get('top_share', 1 / 3):.2f} of them), through `pipelines/demo.yaml` (the bundle "
+        f"configs); {result['num_samples']} samples.{shared} {machine_summary(result['machine'])}",
         "",
         "Command: `" + result["command"] + "`",
         "",
-        "Plausibility cells: samples / the VQ-VAE's reconstructions of the floor slices (a perfect prior's figure) "
-        "(real-vs-real floor).",
+        "Cells: samples / the VQ-VAE's reconstructions of the floor slices (a perfect prior's figure) (real-vs-real "
+        "floor). C2ST prior: samples against reconstructions of the test slices (floor: reconstructions of the "
+        "validate slices against them). Diversity: 1 - mean pairwise MS-SSIM (real test slices in brackets). "
+        "Texture: mean log10 distance of radial power spectra to the test slices. Copies: share of samples "
+        "nearer to a training slice than the copy threshold (floor).",
         "",
-        "| candidate | test SSIM | PSNR | bits/code | bits/slice | C2ST acc | one region | "
-        "mirror IoU | solidity | NN dist (floor) | sampling s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | test SSIM | bits/code | C2ST prior (floor) | C2ST vs real | mirror IoU | one region | "
+        "intensity | diversity (real) | texture | copies | sampling s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         sa = row["sampling"].get("metrics", {})
         ev = {key: value["mean"] for key, value in row["evaluation"].items() if isinstance(value, dict)}
         lines.append(
-            f"| {row['candidate']} | {_figure(ev, 'ssim', 4)} | {_figure(ev, 'psnr', 2)} "
-            f"| {_figure(sa, 'nll_bits_per_code')} | {_figure(sa, 'nll_bits_per_slice', 0)} "
-            f"| {_plausibility(sa, 'c2st_accuracy', 3)} | {_plausibility(sa, 'one_region_share', 2)} "
-            f"| {_plausibility(sa, 'mirror_iou', 2)} | {_plausibility(sa, 'solidity', 2)} "
-            f"| {_figure(sa, 'nn_distance_median', 3)} ({_figure(sa, 'nn_distance_median_floor', 3)}) "
+            f"| {row['candidate']} | {_figure(ev, 'ssim', 3)} | {_figure(sa, 'nll_bits_per_code')} "
+            f"| {_figure(sa, 'c2st_prior_accuracy')} ({_figure(sa, 'c2st_prior_accuracy_floor')}) "
+            f"| {_plausibility(sa, 'c2st_accuracy', 3)} | {_plausibility(sa, 'mirror_iou', 3)} "
+            f"| {_plausibility(sa, 'one_region_share', 2)} | {_plausibility(sa, 'intensity_distance', 3)} "
+            f"| {_figure(sa, 'diversity')} / {_figure(sa, 'diversity_reconstruction')} "
+            f"({_figure(sa, 'diversity_reference')}) | {_plausibility(sa, 'texture_distance', 3)} "
+            f"| {_figure(sa, 'nn_copy_share', 2)} ({_figure(sa, 'nn_copy_share_floor', 2)}) "
             f"| {_figure(sa, 'sampling_seconds', 1)} |")
     lines += ["", "Overrides: " + "; ".join(f"`{r['candidate']}`: {' '.join(r['overrides']) or '(defaults)'}"
                                            for r in rows), ""]
@@ -207,18 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [name.strip() for name in args.candidates.split(",") if name.strip()]
     unknown = [name for name in names if name not in CANDIDATES]
+    unknown += [name for name in args.sampling.split(",") if name and name not in SAMPLING]
     if unknown:
-        print(f"generation_defaults: unknown candidates {unknown}; known: {sorted(CANDIDATES)}", file=sys.stderr)
+        print(f"generation_defaults: unknown candidates or sampling variants {unknown}; known: {sorted(CANDIDATES)}, "
+              f"{sorted(SAMPLING)}", file=sys.stderr)
         return 2
     if args.dataset == "ixi" and not IXI_DIR.is_dir():
         print(f"generation_defaults: {IXI_DIR} not found (the IXI volumes live beside the checkout)", file=sys.stderr)
         return 2
     name = args.name or f"generation_{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}min"
     result = {"dataset": args.dataset, "vqvae_minutes": args.vqvae_minutes, "prior_minutes": args.prior_minutes,
+              "top_share": args.top_share,
               "num_samples": args.num_samples, "machine": machine_info(),
               "command": "python benchmarks/generation_defaults.py " + " ".join(argv if argv is not None
                                                                               else sys.argv[1:]),
-              "candidates": [run_candidate(args, candidate) for candidate in names]}
+              "vqvae_from": None if args.vqvae_from is None else str(args.vqvae_from),
+              "candidates": [row for candidate in names for row in run_candidate(args, candidate)]}
     text = markdown(result)
     write_result(args.out_dir, name, text, result)
     print(text)
