@@ -39,19 +39,30 @@ DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
 IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never a default or a test's input
 
 # candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
+BATCH32 = ["prior.batch_size=32", "prior_top.batch_size=32"]  # both priors' batch before issue 22
+EMA = ["prior.ema_momentum=0.01", "prior_top.ema_momentum=0.01"]  # weight averaging as it was measured
 CANDIDATES: dict[str, list[str]] = {
     # the demo default: an 8x8 top grid (K=64) above the 32x32 bottom grid (K=256), LeakyReLU in the top encoder
     "two_level": [],
-    # the priors before issue 22's levers: the bottom prior reads the top grid locally, no weight averaging
-    "priors_before": ["prior.cond_layers=0", "prior.ema_momentum=null", "prior_top.ema_momentum=null"],
+    # issue 22's levers, each spelt out in full so that a row keeps meaning what it measured when defaults move:
+    # the priors before them (batch 32, the bottom prior reading the top grid locally, no weight averaging)
+    "priors_before": ["prior.cond_layers=0", "prior.batch_size=32", "prior_top.batch_size=32"],
     # one lever at a time against priors_before
-    "cond_stack": ["prior.ema_momentum=null", "prior_top.ema_momentum=null"],
-    "ema": ["prior.cond_layers=0"],
-    "bottom64x8": ["prior.channels=64", "prior.num_layers=8"],
-    "bottom64x12": ["prior.channels=64", "prior.num_layers=12"],
-    "bottom_lr3e-3": ["prior.learning_rate=0.003"],
-    "bottom_batch16": ["prior.batch_size=16", "prior_epoch_batches=96"],
-    "bottom_batch64": ["prior.batch_size=64", "prior_epoch_batches=24"],
+    "cond_stack": ["prior.batch_size=32", "prior_top.batch_size=32"],
+    "ema": ["prior.cond_layers=0", *BATCH32, *EMA],
+    "two_level_ema": [*BATCH32, *EMA],  # the conditioning stack and weight averaging
+    # the bottom prior's batch (and so its steps in the same minutes), with the stack and weight averaging
+    "bottom_batch8": ["prior.batch_size=8", "prior_top.batch_size=32", *EMA],
+    "bottom_batch8_before": ["prior.batch_size=8", "prior_top.batch_size=32", "prior.cond_layers=0"],
+    "batch8_both": ["prior.batch_size=8", "prior_top.batch_size=8", *EMA],
+    "bottom_batch4": ["prior.batch_size=4", "prior_top.batch_size=32", *EMA],
+    "bottom_batch4_noema": ["prior.batch_size=4", "prior_top.batch_size=32"],
+    "bottom_batch4_lr2e-3": ["prior.batch_size=4", "prior_top.batch_size=32", "prior.learning_rate=0.002", *EMA],
+    # budget shares: the top prior 0.6 of the 3 prior minutes, the bottom prior 2.4
+    "bottom_batch4_top0.2": ["prior.batch_size=4", "prior_top.batch_size=32", "top_prior_minutes=0.6",
+                             "prior_minutes=2.4", *EMA],
+    "bottom_batch2": ["prior.batch_size=2", "prior_top.batch_size=32", *EMA],
+    "bottom_batch1": ["prior.batch_size=1"],
     "slice_position": ["prior.num_classes=8", "prior_top.num_classes=8"],
     "two_level_bottom64x8": ["prior.channels=64", "prior.num_layers=8"],  # a larger bottom prior, fewer steps
     # a quarter of the training images decoded from the top codes alone
@@ -99,6 +110,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vqvae-from", type=Path, default=None,
                         help="a candidate's runs folder of an earlier run: its VQ-VAE, evaluation and codes are "
                              "copied and reused, so candidates differ in their priors and sampling alone")
+    parser.add_argument("--share-vqvae", action="store_true",
+                        help="the first candidate trains the VQ-VAE, the others reuse it (as --vqvae-from)")
+    parser.add_argument("--sample-only", action="store_true",
+                        help="train nothing: run the sampling variants on the candidates' priors of an earlier run "
+                             "(same --runs-dir, dataset and minutes)")
     parser.add_argument("--top-share", type=float, default=1 / 3, help="the top prior's share of the prior minutes")
     parser.add_argument("--sampling", default="",
                         help="sampling variants run on every candidate's priors, beside its default sampling: "
@@ -172,6 +188,10 @@ def read_json(path: Path) -> dict[str, Any]:
 def run_candidate(args: argparse.Namespace, candidate: str) -> dict[str, Any]:
     """Train, evaluate and sample one candidate through the pipeline; collect its figures."""
     runs_dir = args.runs_dir / f"{args.dataset}_{args.vqvae_minutes:g}+{args.prior_minutes:g}" / candidate
+    if args.sample_only:
+        evaluation = read_json(runs_dir / "vqvae" / "evaluation" / "summary.json")
+        return [run_sampling_variant(args, candidate, variant, runs_dir, evaluation)
+                for variant in args.sampling.split(",") if variant]
     shutil.rmtree(runs_dir, ignore_errors=True)  # the pipeline would skip stages an earlier run finished
     if args.vqvae_from is not None:
         shutil.copytree(args.vqvae_from / "vqvae", runs_dir / "vqvae")
@@ -295,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/generation_defaults.py " + " ".join(argv if argv is not None
                                                                               else sys.argv[1:]),
               "vqvae_from": None if args.vqvae_from is None else str(args.vqvae_from),
-              "candidates": [row for candidate in names for row in run_candidate(args, candidate)]}
+              "candidates": []}
+    for candidate in names:
+        rows = run_candidate(args, candidate)
+        result["candidates"] += rows
+        if args.share_vqvae and args.vqvae_from is None:
+            args.vqvae_from = Path(rows[0]["runs_dir"])
+            result["vqvae_from"] = f"{args.vqvae_from} (trained by the first candidate)"
     text = markdown(result)
     write_result(args.out_dir, name, text, result)
     print(text)
