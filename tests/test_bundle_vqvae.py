@@ -181,7 +181,9 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
     assert "Epoch[1]" not in log and "Epoch[3]" in log  # only the third epoch ran
     last = torch.load(out / "checkpoints" / "last_checkpoint_epoch=3.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 3 * 3
-    assert not (out / "checkpoints" / "last_checkpoint_epoch=2.pt").exists()
+    # the one before is kept, for a resume to fall back to should the newest fail to load
+    assert sorted(p.name for p in (out / "checkpoints").glob("last_*.pt")) == [
+        "last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=3.pt"]
 
 
 @pytest.mark.parametrize(
