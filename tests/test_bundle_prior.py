@@ -69,7 +69,7 @@ def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqv
     ckpts = prior_run["out"] / "checkpoints"
     assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=1.pt").is_file()
     last = torch.load(ckpts / "last_checkpoint_epoch=1.pt", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "run_state", "spec"} <= set(last)
     prior, spec = load_pixelcnn(ckpts / "model.pt")
     assert spec["num_embeddings"] == prior.num_embeddings == 16 and spec["grid_size"] == 8
     assert spec["num_classes"] is None and spec["channels"] == 8 and spec["num_layers"] == 2
@@ -84,7 +84,7 @@ def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqv
 
 
 @pytest.mark.slow
-def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
+def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt, tiny_data):
     client = MlflowClient(f"sqlite:///{prior_run['store'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("oasis-gen")
     runs = client.search_runs([experiment.experiment_id])
@@ -101,7 +101,9 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
     assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # 12 slices / batch 4
     inputs = sorted(d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs)
-    assert inputs == ["train_dataset_0", "validate_dataset_0"]  # the slices whose codes it learnt, as MLflow inputs
+    # the slices whose codes it learnt, as MLflow inputs named by split and data folder
+    assert inputs == [f"train:{tiny_data}", f"validate:{tiny_data}"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert pictures == ["samples/samples_epoch001.png"]
     stepped = [a.path.split("+")[:3] for a in client.list_artifacts(run.info.run_id, "images")

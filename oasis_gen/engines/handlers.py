@@ -26,7 +26,15 @@ from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.threads import sampling_threads
-from oasis_gen.tracking import log_artifact, log_model, log_picture, run_id_of, update_run
+from oasis_gen.tracking import (
+    log_artifact,
+    log_datasets,
+    log_model,
+    log_picture,
+    mark_model_training,
+    run_id_of,
+    update_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +384,11 @@ class RunRecorder:
         tracking_uri: the store of the run (where the model and its registered version go).
         model_name: the logged model's name in the run (not ``model``: the run's ``model/`` artifacts hold the
             checkpoint).
+        datasets: the slice records of each split the run trains on, logged as the run's inputs, named by split and
+            data folder (``train:data/demo``) with MLflow's digest (:func:`oasis_gen.tracking.log_datasets`).
+        data_root: the data folder of ``datasets``.
+
+    The run's experiment is marked as model training (MLflow 3's UI then opens it on its runs).
     """
 
     def __init__(self, run_handler: MLFlowHandler | None, output_dir: str | Path, config: Mapping[str, Any],
@@ -383,7 +396,8 @@ class RunRecorder:
                  artifacts: Sequence[str | Path] = (), model: Callable[[], torch.nn.Module] | None = None,
                  model_example: Any = None, registered_model_name: str | None = None,
                  tracking_uri: str | None = None, model_checkpoint: str | Path | None = None,
-                 model_name: str = "network"):
+                 model_name: str = "network", datasets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 data_root: str | Path | None = None):
         self.run_handler = run_handler
         self.output_dir = Path(output_dir)
         self.config = dict(config)
@@ -396,6 +410,8 @@ class RunRecorder:
         self.tracking_uri = tracking_uri
         self.model_checkpoint = model_checkpoint
         self.model_name = model_name
+        self.datasets = dict(datasets or {})
+        self.data_root = data_root
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -407,7 +423,11 @@ class RunRecorder:
         run_id = self.run_id = run_id_of(self.run_handler)
         if run_id is None:
             return
-        update_run(self.run_handler.client, run_id, self.tags, self.params)
+        client = self.run_handler.client
+        update_run(client, run_id, self.tags, self.params)
+        mark_model_training(client, client.get_run(run_id).info.experiment_id)
+        if self.datasets and self.data_root is not None:
+            log_datasets(client, run_id, self.datasets, self.data_root)
         log_artifact(self.run_handler, config_file)
 
     def _complete(self, engine: Engine) -> None:
