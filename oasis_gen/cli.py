@@ -197,7 +197,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     server = None
     try:
         server, url = start_mlflow_ui(args.store, host=args.host, port=args.port, workers=args.workers)
-        print(f"MLflow UI: {url}  (Ctrl-C stops it)", flush=True)
+        links = "".join(f"\n  {line}" for line in _experiment_links(args.store, args.experiment, url))
+        print(f"MLflow UI: {url}  (Ctrl-C stops it){links}", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -208,6 +209,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if server is not None:
             stop_mlflow_ui(server)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _experiment_links(store: str | None, experiment: str, url: str) -> list[str]:
+    """The link to an experiment's runs in the UI at url (marked as model training, so the UI opens on its runs)."""
+    from mlflow import MlflowClient
+
+    from oasis_gen.tracking import experiment_runs_url, mark_model_training
+    from oasis_gen.ui import existing_store_uri
+
+    client = MlflowClient(existing_store_uri(store))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [f"no experiment {experiment} in this store yet"]
+    mark_model_training(client, found.experiment_id)  # stores written before runs marked their experiment
+    return [f"runs of experiment {experiment}: {experiment_runs_url(url, found.experiment_id)}"]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -325,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    ui.add_argument("--experiment", default="oasis-gen",
+                    help="the experiment whose runs it links to (default oasis-gen)")
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -481,7 +481,8 @@ class OpenRun:
         uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(uri)
         self.run_name = run_name
-        experiment = experiment_id(self.client, experiment_name, uri)
+        self.tracking_uri = uri
+        self.experiment_id = experiment = experiment_id(self.client, experiment_name, uri)
         self.run_id = self.client.create_run(experiment, run_name=run_name, tags=dict(tags)).info.run_id
         try:
             update_run(self.client, self.run_id, {}, params)
