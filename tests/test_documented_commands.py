@@ -5,7 +5,7 @@ What is substituted, and nothing else: the placeholders (``/data/OASIS``: a tiny
 found as the default demo cohort ``data/demo``; ``SCANS``: a PNG slice and a NIfTI volume), optional parts in
 ``[...]`` are left out, and settings a command does not give are made tiny (image size, widths, one epoch: e.g.
 ``--image_size 32``) so that the whole takes minutes. A command preceded in its block by a line
-``# not run by tests: <why>`` is not run; the test names those it skips, so a new one cannot slip in unseen.
+``# not run by tests: <why>`` is not run; the test lists the reasons it accepts, so a new one cannot slip in unseen.
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ pytestmark = pytest.mark.slow
 
 DOCS = (ROOT / "README.md", ROOT / "bundle" / "docs" / "README.md")
 MARKER = "# not run by tests:"
-# the commands the docs mark as not run here, by their first words: a GPU recipe, torchrun, the whole demo and suite
-SKIPPED = {"make demo", "make test", ".venv/bin/oasis-gen pipeline", "torchrun --standalone"}
+# why the docs mark commands as not run here: the whole demo and suite, the GPU recipe, torchrun, a fresh venv
+SKIPPED = {
+    "the whole demo (8 minutes) and the whole suite",
+    "the 256x256 recipe for a GPU",
+    "N processes (tests/test_distributed.py runs 2 over gloo)",
+    "N processes, or GPUs (tests/test_distributed.py runs 2 CPU processes over gloo)",
+    "tests/test_bundle_export.py runs the exported bundle's own install commands in a fresh venv",
+}
 # settings given to every command of a config that does not give them itself: tiny networks, one epoch, quiet
 TINY = {
     "train.yaml": {"image_size": 32, "channels": "[8,16]", "num_res_layers": 1, "num_embeddings": 16,
@@ -126,8 +132,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_every_documented_command_runs_as_written(project):
     listed = documented()
-    skipped = [command for _, command, reason in listed if reason]
-    assert {" ".join(command.split()[:2]) for command in skipped} == SKIPPED, skipped
+    assert {reason for _, _, reason in listed if reason} == SKIPPED
     ran = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the documented default store: mlruns/ of the project folder
