@@ -64,14 +64,22 @@ BUNDLE_COMMANDS = (
         _DATA_DIR),
     BundleCommand(
         "train-prior", "train_prior.yaml", "training", "train the Gated PixelCNN prior on the VQ-VAE's codes "
-        "(bundle/configs/train_prior.yaml)",
+        "(bundle/configs/train_prior.yaml); for a two-level VQ-VAE, its top prior (in OUTPUT_DIR_top) and then its "
+        "bottom prior (in OUTPUT_DIR), unless --level or --top-prior-ckpt is given",
         "oasis-gen train-prior data/demo --vqvae-ckpt runs/vqvae/checkpoints/model.pt --output-dir runs/prior "
-        "--epochs 10",
+        "--epochs 10\n"
+        "  # two levels: trains runs/prior_top (--level top), then runs/prior given it; sample with\n"
+        "  # oasis-gen sample --prior-ckpt runs/prior/checkpoints/model.pt",
         (Option("--vqvae-ckpt", "vqvae_ckpt", str, "the trained VQ-VAE (default runs/vqvae/checkpoints/model.pt)"),
-         Option("--output-dir", "output_dir", str, "checkpoints, cached codes, pictures (default runs/prior)"),
-         Option("--epochs", "max_epochs", int, "epochs to train (default 30)"),
-         Option("--minutes", "time_limit_minutes", float, "stop at the last epoch that ends within this time"),
-         Option("--num-classes", "num_classes", int, "condition on the slice position in N buckets (default: none)")),
+         Option("--output-dir", "output_dir", str, "checkpoints, cached codes, pictures (default runs/prior; a "
+                                                   "two-level VQ-VAE's top prior goes to OUTPUT_DIR_top)"),
+         Option("--epochs", "max_epochs", int, "epochs to train (default 30; each prior)"),
+         Option("--minutes", "time_limit_minutes", float, "stop at the last epoch that ends within this time "
+                                                          "(each prior)"),
+         Option("--num-classes", "num_classes", int, "condition on the slice position in N buckets (default: none)"),
+         Option("--level", "level", str, "two levels: train only this prior, top or bottom"),
+         Option("--top-prior-ckpt", "top_prior_ckpt", str, "two levels: the trained top prior (trains the bottom "
+                                                           "one only)")),
         _DATA_DIR),
     BundleCommand(
         "evaluate", "evaluate.yaml", "evaluating", "evaluate a trained VQ-VAE on a split "
@@ -153,6 +161,29 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return run_bundle(command.run_id, configs, [*override_args(overrides), *args.overrides])
 
 
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    """Train the prior; for a two-level VQ-VAE given neither level nor top prior: the top prior, then the bottom."""
+    from oasis_gen.bundles import config_path, override_args, run_bundle
+    from oasis_gen.generation.codes import two_level_checkpoint
+
+    command: BundleCommand = args.bundle_command
+    options = [*command.options, *_COMMON, *([command.positional] if command.positional else [])]
+    given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key, None) is not None}
+    chosen = {"level", "top_prior_ckpt"} & ({*given} | {a[2:] for a in args.overrides if a.startswith("--")})
+    vqvae = given.get("vqvae_ckpt", "runs/vqvae/checkpoints/model.pt")
+    if chosen or not two_level_checkpoint(vqvae):
+        return cmd_bundle(args)
+    configs = [config_path(command.config)] + [config_path(name, "--config") for name in args.config or []]
+    out = str(given.get("output_dir", "runs/prior")).rstrip("/")
+    top = {**given, "level": "top", "output_dir": f"{out}_top", "codes_dir": f"{out}/codes"}
+    print(f"{vqvae} has two levels: training its top prior ({out}_top), then its bottom prior ({out})", flush=True)
+    code = run_bundle(command.run_id, configs, [*override_args(top), *args.overrides])
+    if code:
+        return code
+    bottom = {**given, "level": "bottom", "output_dir": out, "top_prior_ckpt": f"{out}_top/checkpoints/model.pt"}
+    return run_bundle(command.run_id, configs, [*override_args(bottom), *args.overrides])
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -197,7 +228,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     server = None
     try:
         server, url = start_mlflow_ui(args.store, host=args.host, port=args.port, workers=args.workers)
-        print(f"MLflow UI: {url}  (Ctrl-C stops it)", flush=True)
+        links = "".join(f"\n  {line}" for line in _experiment_links(args.store, args.experiment, url))
+        print(f"MLflow UI: {url}  (Ctrl-C stops it){links}", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -208,6 +240,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if server is not None:
             stop_mlflow_ui(server)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _experiment_links(store: str | None, experiment: str, url: str) -> list[str]:
+    """The link to an experiment's runs in the UI at url (marked as model training, so the UI opens on its runs)."""
+    from mlflow import MlflowClient
+
+    from oasis_gen.tracking import experiment_runs_url, mark_model_training
+    from oasis_gen.ui import existing_store_uri
+
+    client = MlflowClient(existing_store_uri(store))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [f"no experiment {experiment} in this store yet"]
+    mark_model_training(client, found.experiment_id)  # stores written before runs marked their experiment
+    return [f"runs of experiment {experiment}: {experiment_runs_url(url, found.experiment_id)}"]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -227,7 +274,8 @@ def _add_bundle_command(commands: argparse._SubParsersAction, command: BundleCom
     parser.add_argument("--config", action="append", metavar="FILE",
                         help=f"another config merged over {command.config} (repeatable; bare names are in "
                              "bundle/configs)")
-    parser.set_defaults(func=cmd_bundle, bundle_command=command)
+    parser.set_defaults(func=cmd_train_prior if command.name == "train-prior" else cmd_bundle,
+                        bundle_command=command)
     return parser
 
 
@@ -325,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    ui.add_argument("--experiment", default="oasis-gen",
+                    help="the experiment whose runs it links to (default oasis-gen)")
     ui.set_defaults(func=cmd_ui)
     return parser
 

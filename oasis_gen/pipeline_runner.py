@@ -375,6 +375,18 @@ def _print_report(pipeline: Pipeline, results: list[StageResult], seconds: float
     for path in pipeline.show:
         if path.is_file():
             print(f"\n{path}:\n{path.read_text().rstrip()}")
+    print(_mlflow_links(pipeline, parent))
+
+
+def _mlflow_links(pipeline: Pipeline, parent: ParentRun) -> str:
+    """The last lines of a pipeline's report: where its runs are in the MLflow UI."""
+    base = tracking.ui_base(parent.run.tracking_uri)
+    start = f" (start it with: oasis-gen ui --store {pipeline.tracking_uri})" if base == tracking.DEFAULT_UI_URL else ""
+    experiment = parent.run.experiment_id
+    return "\n".join([
+        f"\nMLflow UI{start}:",
+        f"  runs of experiment {pipeline.experiment_name}: {tracking.experiment_runs_url(base, experiment)}",
+        f"  this pipeline run ({parent.run_name}): {tracking.run_url(base, experiment, parent.run_id)}"])
 
 
 def _duration(seconds: float) -> str:

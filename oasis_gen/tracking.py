@@ -29,6 +29,11 @@ RUN_NAME_FILE = "mlflow_run_name.txt"
 # a pipeline passes its MLflow run id to the stages it starts; their runs become its children in the UI
 PARENT_RUN_ENV = "OASIS_GEN_PARENT_RUN_ID"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of this kind on its runs, not on GenAI traces
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# where `oasis-gen ui` serves the UI by default
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
 
 
 def sqlite_uri(db_path: str | Path) -> str:
@@ -291,17 +296,89 @@ def data_params(report: Any) -> dict[str, Any]:
     return params
 
 
+def mark_model_training(client: Any, experiment_id: str) -> None:
+    """Mark an experiment as model training (``mlflow.experimentKind``), so MLflow 3's UI opens it on its runs."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
 def experiment_id(client: Any, experiment_name: str, tracking_uri: str) -> str:
-    """The id of an experiment, created if missing with its artifacts beside a local store."""
+    """The id of an experiment, created if missing with its artifacts beside a local store, marked as model training."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
-        return experiment.experiment_id
+        found = experiment.experiment_id
+    else:
+        try:
+            found = client.create_experiment(experiment_name, artifact_location=artifact_location(tracking_uri))
+        except MlflowException:  # created by another process in the meantime
+            found = client.get_experiment_by_name(experiment_name).experiment_id
+    mark_model_training(client, found)
+    return found
+
+
+def ui_base(tracking_uri: str | None, ui_url: str = DEFAULT_UI_URL) -> str:
+    """Where a browser finds the UI of a store: the tracking server itself, or ``oasis-gen ui``'s address."""
+    uri = resolve_tracking_uri(tracking_uri)
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui_url.rstrip("/")
+
+
+def experiment_runs_url(base: str, experiment: str) -> str:
+    """The UI page listing an experiment's runs."""
+    return f"{base}/#/experiments/{experiment}/runs"
+
+
+def run_url(base: str, experiment: str, run_id: str) -> str:
+    """The UI page of one run."""
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def dataset_name(split: str, root: str | Path) -> str:
+    """The name a split of a data folder goes by in MLflow: ``<split>:<folder>`` (relative to here when inside)."""
+    folder = Path(root).expanduser().resolve()
     try:
-        return client.create_experiment(experiment_name, artifact_location=artifact_location(tracking_uri))
-    except MlflowException:  # created by another process in the meantime
-        return client.get_experiment_by_name(experiment_name).experiment_id
+        shown = str(folder.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(folder)
+    return f"{split}:{shown}"
+
+
+def split_dataset(split: str, records: Sequence[Mapping[str, Any]], root: str | Path) -> Any:
+    """A split's slices as an MLflow dataset: one row per slice (file relative to the folder, its size in bytes,
+    subject, slice), named by :func:`dataset_name`, with the folder as its source; MLflow's digest of the rows
+    tells splits of different data apart."""
+    import mlflow.data
+    import pandas
+
+    folder = Path(root).expanduser().resolve()
+    rows = []
+    for record in records:
+        path = Path(str(record["image"])).expanduser().resolve()
+        try:
+            shown = str(path.relative_to(folder))
+        except ValueError:
+            shown = str(path)
+        rows.append({"image": shown, "bytes": path.stat().st_size if path.is_file() else -1,
+                     "subject": str(record.get("subject", "")), "slice": int(record.get("slice", 0))})
+    frame = pandas.DataFrame(rows, columns=["image", "bytes", "subject", "slice"])
+    return mlflow.data.from_pandas(frame, source=str(folder), name=dataset_name(split, folder))
+
+
+def log_datasets(client: Any, run_id: str, splits: Mapping[str, Sequence[Mapping[str, Any]]],
+                 root: str | Path) -> None:
+    """Log each split as an input of a run (context: the split), unless the run has it already (a resumed run)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    logged = {(i.dataset.name, i.dataset.digest) for i in client.get_run(run_id).inputs.dataset_inputs}
+    inputs = []
+    for split, records in splits.items():
+        dataset = split_dataset(split, records, root)
+        if (dataset.name, dataset.digest) not in logged:
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def log_run(
@@ -404,7 +481,8 @@ class OpenRun:
         uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(uri)
         self.run_name = run_name
-        experiment = experiment_id(self.client, experiment_name, uri)
+        self.tracking_uri = uri
+        self.experiment_id = experiment = experiment_id(self.client, experiment_name, uri)
         self.run_id = self.client.create_run(experiment, run_name=run_name, tags=dict(tags)).info.run_id
         try:
             update_run(self.client, self.run_id, {}, params)

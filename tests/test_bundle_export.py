@@ -4,8 +4,12 @@ checkout, and run there by MONAI's own CLI from another working directory."""
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
+import os
+import re
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -15,9 +19,11 @@ from conftest import (
     CONFIGS,
     ROOT,
     brain_slice,
+    brain_volume,
     run_bundle,
     tiny_prior_overrides,
     tiny_vqvae_overrides,
+    write_nifti,
     write_oasis_slices,
     write_png,
 )
@@ -28,6 +34,7 @@ from oasis_gen.export.bundle import set_config_value
 from oasis_gen.networks.vqvae import load_vqvae
 
 pytestmark = pytest.mark.slow
+WHEEL = "oasis_gen-0.1.0-py3-none-any.whl"
 SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 
@@ -65,17 +72,22 @@ def test_the_bundle_has_the_model_zoo_layout_and_a_zip(exported):
     files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     assert files == ["LICENSE", "configs/evaluate.yaml", "configs/inference.yaml", "configs/logging.conf",
                      "configs/metadata.json", "docs/README.md", "docs/data_use.md", "models/model.pt",
-                     "models/model.ts", "models/prior.pt", "models/prior_top.pt"]
+                     "models/model.ts", "models/prior.pt", "models/prior_top.pt", f"wheels/{WHEEL}"]
     assert (bundle / "models" / "model.pt").read_bytes() == exported["vqvae"].read_bytes()
     with zipfile.ZipFile(bundle.parent / "tiny.zip") as archive:
         assert sorted(n for n in archive.namelist() if not n.endswith("/")) == [f"tiny/{f}" for f in files]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
-    assert metadata["required_packages_version"]["oasis-gen"] == "0.1.0"
+    # what the wheel brings in, at the versions that exported it; oasis-gen itself is the wheel, never fetched by name
+    required = metadata["required_packages_version"]
+    assert "oasis-gen" not in required and {"mlflow", "nibabel", "pytorch-ignite", "fire"} <= set(required)
+    assert required["mlflow"] == importlib.metadata.version("mlflow")
+    assert metadata["oasis_gen"]["install"]["wheel"] == f"wheels/{WHEEL}"
     assert metadata["oasis_gen"]["vqvae"]["top_num_embeddings"] == 8 and "RAS" in metadata["oasis_gen"]["data"][
         "orientation"]
     readme = (bundle / "docs" / "README.md").read_text()
-    assert readme.startswith("# tiny_test_bundle") and "--bundle_root B" in readme and "data_use.md" in readme
+    assert readme.startswith("# tiny_test_bundle") and '--bundle_root "$B"' in readme and "data_use.md" in readme
+    assert "pip install oasis-gen" not in readme and f'pip install "$B/wheels/{WHEEL}"' in readme
     assert "Data Use Agreement" in (bundle / "docs" / "data_use.md").read_text()
     assert "python -m monai.bundle run inferring --bundle_root" in exported["stdout"]
 
@@ -183,3 +195,43 @@ def test_set_config_value_replaces_a_key_or_adds_it_after_the_imports():
     assert set_config_value(text, "batch_size", "8") == text.replace("batch_size: 32", "batch_size: 8")
     added = set_config_value(text, "bundle_root", '"."', "the folder")
     assert added.index('bundle_root: "."   # the folder\n') < added.index("input: null")
+
+
+def readme_block(readme: str, section: str) -> list[str]:
+    """The lines of the first shell block under a ``## section`` heading of a README."""
+    text = readme.split(f"## {section}\n", 1)[1]
+    return text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_the_bundle_installs_in_a_fresh_virtual_environment_from_its_readme_and_runs(exported, tmp_path):
+    """A colleague with the bundle's folder and a clean Python: the README's install commands, as written, build a
+    virtual environment (packages from this machine's wheel cache and index, as pip is configured here; nothing of
+    the checkout on sys.path), and MONAI's CLI in it runs ``inferring`` on a NIfTI volume."""
+    colleague = tmp_path / "colleague"
+    bundle = colleague / exported["elsewhere"].name
+    shutil.copytree(exported["elsewhere"], bundle, ignore=shutil.ignore_patterns("eval"))
+    scan = write_nifti(tmp_path / "scans" / "head.nii.gz", brain_volume((24, 26, 20)))
+    readme = (bundle / "docs" / "README.md").read_text()
+    install, run = readme_block(readme, "Install"), readme_block(readme, "Run it")
+    assert re.match(rf"B={bundle.name}\s", install[0])  # the folder's own name, from the folder that holds it
+    inferring = " ".join(line.rstrip("\\").strip() for line in run[:2]).replace("SCANS", str(scan))
+    script = "\n".join(["set -euo pipefail", *install, inferring + " --progress False"])
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI", "OASIS_GEN_TRACEBACK")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
+    env["PIP_NO_COMPILE"] = "1"  # no .pyc files of torch and MLflow at install time: 3 minutes less, the same packages
+    try:
+        done = subprocess.run(["bash", "-c", script], cwd=colleague, env=env, capture_output=True, text=True,
+                              timeout=1500)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        python = colleague / ".venv" / "bin" / "python"
+        where = subprocess.run([str(python), "-c", "import oasis_gen, sys; print(oasis_gen.__file__); print(sys.path)"],
+                               cwd=colleague, env=env, capture_output=True, text=True, check=True).stdout
+        assert str(colleague / ".venv") in where.splitlines()[0] and str(ROOT) not in where  # the wheel's code
+    finally:
+        shutil.rmtree(colleague / ".venv", ignore_errors=True)  # 1.8 GB
+    folder = bundle / "eval" / "head"
+    assert (folder / "reconstruction.nii.gz").is_file(), sorted(p.name for p in (bundle / "eval").iterdir())
+    with open(bundle / "eval" / "summary.csv") as stream:
+        [row] = list(csv.DictReader(stream))
+    assert row["status"] == "ok" and 0 < float(row["ssim_mean"]) <= 1 and float(row["atypicality_bits"]) > 0

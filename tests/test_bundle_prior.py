@@ -55,11 +55,12 @@ def vqvae_ckpt(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def prior_run(tiny_data, vqvae_ckpt, tmp_path_factory) -> dict:
-    """One unconditional 1-epoch prior training run, shared by the tests that inspect its results."""
+    """One unconditional 1-epoch prior training run with weight averaging, shared by the tests that inspect its
+    results."""
     work = tmp_path_factory.mktemp("prior")
     out, store = work / "out", work / "mlruns"
     result = bundle("run", "training", "--config_file", TRAIN_PRIOR,
-                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, store, mlflow_model=True))
+                    *tiny_prior_overrides(tiny_data, vqvae_ckpt, out, store, mlflow_model=True, ema_momentum=0.05))
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "store": store, "result": result}
 
@@ -69,7 +70,7 @@ def test_prior_training_writes_checkpoints_that_rebuild_the_prior(prior_run, vqv
     ckpts = prior_run["out"] / "checkpoints"
     assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=1.pt").is_file()
     last = torch.load(ckpts / "last_checkpoint_epoch=1.pt", weights_only=True)
-    assert {"model", "ema", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    assert {"model", "ema", "optimizer", "lr_scheduler", "trainer", "run_state", "spec"} <= set(last)
     # weight averaging: model.pt (what sampling and inference load) holds the averaged weights, not the trained ones
     best = torch.load(ckpts / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(best[key], last["ema"][key]) for key in last["ema"])
@@ -101,7 +102,7 @@ def test_without_weight_averaging_model_pt_holds_the_trained_weights(tiny_data, 
 
 
 @pytest.mark.slow
-def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
+def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt, tiny_data):
     client = MlflowClient(f"sqlite:///{prior_run['store'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("oasis-gen")
     runs = client.search_runs([experiment.experiment_id])
@@ -118,7 +119,9 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt):
     assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # 12 slices / batch 4
     inputs = sorted(d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs)
-    assert inputs == ["train_dataset_0", "validate_dataset_0"]  # the slices whose codes it learnt, as MLflow inputs
+    # the slices whose codes it learnt, as MLflow inputs named by split and data folder
+    assert inputs == [f"train:{tiny_data}", f"validate:{tiny_data}"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert pictures == ["samples/samples_epoch001.png"]
     stepped = [a.path.split("+")[:3] for a in client.list_artifacts(run.info.run_id, "images")

@@ -48,7 +48,7 @@ def test_training_writes_checkpoints_that_rebuild_the_model(trained):
     ckpts = trained["out"] / "checkpoints"
     assert (ckpts / "model.pt").is_file() and (ckpts / "last_checkpoint_epoch=2.pt").is_file()
     last = torch.load(ckpts / "last_checkpoint_epoch=2.pt", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer", "spec"} <= set(last)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "run_state", "spec"} <= set(last)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 6  # ignite keeps iterations
     from oasis_gen.networks.vqvae import load_vqvae
 
@@ -56,6 +56,24 @@ def test_training_writes_checkpoints_that_rebuild_the_model(trained):
     assert spec["image_size"] == 32 and spec["num_embeddings"] == 16 and spec["grid_size"] == 8
     reconstruction, _ = network(torch.rand(1, 1, 32, 32))
     assert reconstruction.shape == (1, 1, 32, 32)
+
+
+def test_runs_on_different_data_folders_log_different_dataset_names_and_digests(trained, tmp_path):
+    other = write_oasis_slices(tmp_path / "other_data", size=36)
+    store = tmp_path / "mlruns"
+    result = bundle("run", "training", "--config_file", TRAIN,
+                    *tiny_overrides(other, tmp_path / "out", store, max_epochs=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = runs_of(trained["store"])
+    second = runs_of(store)
+    seen = []
+    for client, runs in (first, second):
+        inputs = client.get_run(runs[0].info.run_id).inputs.dataset_inputs
+        seen.append({d.dataset.name.split(":")[0]: (d.dataset.name, d.dataset.digest) for d in inputs})
+    for split in ("train", "validate"):
+        (name_a, digest_a), (name_b, digest_b) = seen[0][split], seen[1][split]
+        assert name_a == f"{split}:{trained['data']}" and name_b == f"{split}:{other}"
+        assert digest_a != digest_b and digest_a and digest_b
 
 
 def test_training_holds_the_network_channels_last_and_its_checkpoint_loads_in_either_layout(trained):
@@ -92,9 +110,16 @@ def test_training_run_is_recorded_in_mlflow(trained):
     assert params["data.train.slices"] == "12" and params["data.validate.subjects"] == "1"
     assert int(params["parameters"]) > 1000
     assert run.data.tags["stage"] == "vqvae"
-    inputs = {d.dataset.name: d.dataset for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
-    assert set(inputs) == {"train_dataset_0", "validate_dataset_0"}  # the slices it learnt from, as MLflow inputs
-    assert '"num_rows": 12' in inputs["train_dataset_0"].profile
+    inputs = {d.dataset.name: d for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    # the slices it learnt from, as MLflow inputs named by split and data folder, with the split as their context
+    train, validate = f"train:{trained['data']}", f"validate:{trained['data']}"
+    assert set(inputs) == {train, validate}
+    assert '"num_rows": 12' in inputs[train].dataset.profile and '"num_rows": 4' in inputs[validate].dataset.profile
+    assert str(trained["data"]) in inputs[train].dataset.source  # the folder
+    assert {t.key: t.value for t in inputs[train].tags}["mlflow.data.context"] == "train"
+    # MLflow 3's UI opens the experiment on its runs
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == [2, 4, 6]  # 12 slices / batch 4 = 3 iterations per epoch, logged every 2nd
     for name in ("val_ssim", "val_psnr", "val_mse", "codebook_perplexity", "codebook_unused", "recon_loss"):
@@ -181,7 +206,9 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
     assert "Epoch[1]" not in log and "Epoch[3]" in log  # only the third epoch ran
     last = torch.load(out / "checkpoints" / "last_checkpoint_epoch=3.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 3 * 3
-    assert not (out / "checkpoints" / "last_checkpoint_epoch=2.pt").exists()
+    # the one before is kept, for a resume to fall back to should the newest fail to load
+    assert sorted(p.name for p in (out / "checkpoints").glob("last_*.pt")) == [
+        "last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=3.pt"]
 
 
 @pytest.mark.parametrize(

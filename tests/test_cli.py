@@ -123,13 +123,14 @@ def _answer(url: str) -> int | None:
 def test_ui_serves_the_store_over_http_and_stops_with_its_server(tmp_path):
     store = tmp_path / "mlruns"
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    client.create_experiment("shown")  # creates the store
+    shown = client.create_experiment("shown")  # creates the store
     port = free_port()
     log = tmp_path / "ui.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as output:
-        ui = subprocess.Popen([sys.executable, "-m", "oasis_gen.cli", "ui", "--store", str(store), "--port", str(port)],
-                              stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        ui = subprocess.Popen([sys.executable, "-m", "oasis_gen.cli", "ui", "--store", str(store), "--port", str(port),
+                               "--experiment", "shown"], stdout=output, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -138,6 +139,9 @@ def test_ui_serves_the_store_over_http_and_stops_with_its_server(tmp_path):
             assert time.monotonic() < deadline, "the UI did not start within 3 minutes"
             time.sleep(0.5)
         assert _answer(f"{url}/health") == 200 and _answer(url) == 200
+        # the link to the experiment's runs, which MLflow 3's UI opens on (not on GenAI traces)
+        assert f"  runs of experiment shown: {url}/#/experiments/{shown}/runs\n" in log.read_text()
+        assert client.get_experiment(shown).tags["mlflow.experimentKind"] == "custom_model_development"
         with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=shown",
                                     timeout=10) as response:
             assert json.loads(response.read())["experiment"]["name"] == "shown"

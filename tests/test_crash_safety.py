@@ -4,6 +4,7 @@ that cannot resume a training stop it with one clear line (and are left where th
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import random
 import re
@@ -29,6 +30,7 @@ from oasis_gen.engines.checkpoints import (
     remove_leftovers,
     resume_checkpoint,
 )
+from oasis_gen.engines.run_state import RunState
 from oasis_gen.errors import CheckpointError
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.spec import ModelSpec, read_checkpoint
@@ -60,7 +62,7 @@ def save_resumable(path: Path, spec: ModelSpec, build=vqvae_from_spec, epochs: i
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "spec": spec.state_dict(),
+                "lr_scheduler": scheduler.state_dict(), "spec": spec.state_dict(), "run_state": RunState().state_dict(),
                 "trainer": {"iteration": epochs * epoch_length, "epoch_length": epoch_length, "max_epochs": 4}}, path)
     return path
 
@@ -118,7 +120,7 @@ def test_run_killed_after_its_first_checkpoint_resumes_and_finishes(tiny_data, s
     assert f"Restored all variables from {killed_at}" in log
     assert all(f"Epoch[{e}]" not in log for e in range(1, epoch + 1))  # nothing trained twice
     assert all(f"Epoch[{e}] Complete" in log for e in range(epoch + 1, 5))
-    assert resumable_files(ckpts) == ["last_checkpoint_epoch=4.pt"]
+    assert resumable_files(ckpts) == ["last_checkpoint_epoch=3.pt", "last_checkpoint_epoch=4.pt"]  # the one before too
     assert leftovers(ckpts) == []
     last = torch.load(ckpts / "last_checkpoint_epoch=4.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 4 * last["trainer"]["epoch_length"] == 12
@@ -144,7 +146,7 @@ def test_run_killed_before_any_checkpoint_starts_again_from_scratch(tiny_data, s
     log_text = result.stdout + result.stderr
     assert "no checkpoint to resume from: training starts at epoch 1" in log_text
     assert "Epoch[1] Complete" in log_text and "Epoch[2] Complete" in log_text
-    assert resumable_files(ckpts) == ["last_checkpoint_epoch=2.pt"]
+    assert resumable_files(ckpts) == ["last_checkpoint_epoch=1.pt", "last_checkpoint_epoch=2.pt"]
     assert leftovers(ckpts) == []
     assert torch.load(ckpts / "last_checkpoint_epoch=2.pt", weights_only=True)["trainer"]["iteration"] == 6
 
@@ -192,6 +194,107 @@ def test_kills_in_the_middle_of_saves_always_leave_a_whole_checkpoint(tmp_path):
     assert all(read_checkpoint(p)["weight"].shape == (1000, 1000) for p in folder.glob("last_*.pt"))
     remove_leftovers(folder)
     assert leftovers(folder) == []
+
+
+FAULT = r"""
+import os
+import signal
+import sys
+from pathlib import Path
+import torch
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint
+import oasis_gen.files
+from oasis_gen.engines.checkpoints import AtomicDiskSaver
+
+folder = Path(sys.argv[1])
+weights = torch.nn.Linear(10, 10)
+saver = Checkpoint({"model": weights}, AtomicDiskSaver(folder), filename_prefix="last", n_saved=1,
+                   score_name="epoch", score_function=lambda engine: engine.state.epoch)
+engine = Engine(lambda engine, batch: None)
+engine.state.epoch = 1
+saver(engine)
+# the fault: the machine stops between the write (synced) of epoch 2's checkpoint and its rename
+oasis_gen.files.os.replace = lambda source, target: os.kill(os.getpid(), signal.SIGKILL)
+with torch.no_grad():
+    weights.weight.fill_(2.0)
+engine.state.epoch = 2
+saver(engine)
+"""
+
+
+@pytest.mark.slow
+def test_fault_between_write_and_rename_leaves_the_previous_checkpoint_loadable(tmp_path):
+    folder = tmp_path / "checkpoints"
+    child = subprocess.run([sys.executable, "-c", FAULT, str(folder)], cwd=ROOT, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert resumable_files(folder) == ["last_model_epoch=1.pt"]  # ignite asked to remove it: kept
+    written = leftovers(folder)
+    assert len(written) == 1 and (folder / written[0]).stat().st_size > 0  # the new one, never renamed
+    state = read_checkpoint(folder / "last_model_epoch=1.pt")
+    assert state["weight"].shape == (10, 10) and not torch.all(state["weight"] == 2.0)
+    assert latest_checkpoint(folder) == str(folder / "last_model_epoch=1.pt")
+    remove_leftovers(folder)
+    assert leftovers(folder) == []
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import oasis_gen.files as files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source, target):
+        events.append(("rename", str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    target = files.write_text(tmp_path / "a.txt", "whole")
+    (rename,) = [e for e in events if e[0] == "rename"]
+    assert events == [("fsync", rename[1]), rename, ("fsync", str(tmp_path))]
+    assert rename[2] == str(target) and target.read_text() == "whole"
+
+
+def test_checkpoint_that_fails_to_load_is_named_and_the_previous_one_used(tmp_path, tiny_network, caplog):
+    network, spec = tiny_network
+    previous = save_resumable(tmp_path / "last_checkpoint_epoch=2.pt", spec, epochs=2)
+    newest = save_resumable(tmp_path / "last_checkpoint_epoch=3.pt", spec, epochs=3)
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    with caplog.at_level(logging.WARNING):
+        assert resume_checkpoint(tmp_path, True, network=network, spec=spec, max_epochs=5) == str(previous)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{newest}: the checkpoint is damaged or not a PyTorch checkpoint (")
+    assert warnings[0].endswith(f"resuming from the previous checkpoint instead: {previous}")
+    assert newest.is_file()  # left for the next save of its epoch to replace
+    previous.write_bytes(b"")  # none loads: the newest is named in the error
+    with pytest.raises(CheckpointError, match=re.escape(f"{newest}: cannot resume: the checkpoint is damaged")):
+        resume_checkpoint(tmp_path, True, network=network, spec=spec, max_epochs=5)
+
+
+@pytest.mark.slow
+def test_run_whose_last_checkpoint_is_damaged_resumes_from_the_one_before(tiny_data, store, tmp_path):
+    out = tmp_path / "out"
+    ckpts = out / "checkpoints"
+    first = bundle("run", "training", "--config_file", TRAIN,
+                   *tiny_vqvae_overrides(tiny_data, out, store, max_epochs=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    damaged = ckpts / "last_checkpoint_epoch=2.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+    result = bundle("run", "training", "--config_file", TRAIN,
+                    *tiny_vqvae_overrides(tiny_data, out, store, max_epochs=3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f"{damaged}: the checkpoint is damaged or not a PyTorch checkpoint (" in log
+    assert f"resuming from {ckpts / 'last_checkpoint_epoch=1.pt'} (epoch 1)" in log
+    assert "Epoch[2] Complete" in log and "Epoch[3] Complete" in log
+    assert resumable_files(ckpts) == ["last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=3.pt"]
+    assert read_checkpoint(damaged)["trainer"]["iteration"] == 6  # replaced by a whole one
 
 
 # ------------------------------------------------------------------ checkpoints that cannot resume, through the CLI
@@ -277,7 +380,7 @@ def test_checkpoint_of_another_network_or_size_is_refused_by_name(tmp_path, tiny
         resume_checkpoint(tmp_path, True, network=network, spec=spec)
     torch.save({"model": network.state_dict(), "spec": spec.state_dict()}, ckpt)  # a best model, not resumable
     with pytest.raises(CheckpointError, match="not a resumable checkpoint of oasis-gen .it lacks optimizer, "
-                                              "lr_scheduler, trainer."):
+                                              "lr_scheduler, trainer, run_state."):
         resume_checkpoint(tmp_path, True, network=network, spec=spec)
     save_resumable(ckpt, spec, epochs=3)
     with pytest.raises(CheckpointError, match="it has trained 3 epochs, more than max_epochs=2; pass --max_epochs 4"):

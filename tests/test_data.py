@@ -130,6 +130,7 @@ def test_each_bad_input_gets_its_own_message_naming_the_file(oasis_slices):
     wide = write_png(train / "case_008_slice_1.nii.png", brain_slice(24, 2).astype(np.uint16) * 200)
     odd = write_png(train / "case_008_slice_2.nii.png", brain_slice(30, 3, width=20))
     leak = write_png(oasis_slices / "keras_png_slices_test" / "case_001_slice_9.nii.png", brain_slice(24, 4))
+    tiny = write_png(train / "case_009_slice_0.nii.png", brain_slice(3, 5))  # 3x3: too small for any network
 
     report = check_dataset(oasis_slices, progress=False)
     text = "\n".join(messages(report))
@@ -140,13 +141,16 @@ def test_each_bad_input_gets_its_own_message_naming_the_file(oasis_slices):
     assert f"{odd}: size 30x20 differs from the usual 24x24" in text
     assert "subject 001" in text and str(leak) in text and "several splits" in text
     assert any("several splits" in m for m in messages(report, "warning"))  # the user's split: warn, not stop
-    assert sorted(report.bad_files) == sorted([str(corrupt), str(truncated)])
+    assert (f"{tiny}: too small for the network: 3x3 pixels, the slices need at least 16x16 (a code of the "
+            "VQ-VAE's coarsest grid covers 16x16 pixels of a 128x128 slice)") in text
+    assert sorted(report.bad_files) == sorted([str(corrupt), str(truncated), str(tiny)])
     with pytest.raises(DataError, match="problems found") as err:
         report.usable(skip_bad=False)
     assert str(corrupt) in str(err.value)
     usable = report.usable(skip_bad=True)
     paths = {r["image"] for r in usable["train"]}
     assert str(corrupt) not in paths and str(truncated) not in paths and str(rgb) in paths and str(wide) in paths
+    assert str(tiny) not in paths
 
 
 def test_rgb_and_16_bit_images_load_to_unit_range(tmp_path):

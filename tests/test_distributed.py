@@ -164,7 +164,8 @@ def test_vqvae_resume_loads_the_checkpoint_on_every_rank(vqvae_run, tmp_path):
     assert log.count("last_checkpoint_epoch=2.pt (epoch 2)") == PROCESSES  # "resuming from ...", once per rank
     assert "Epoch[1]" not in log and "Epoch[3]" in log
     assert_replicas_agree(out, epoch=3)  # a rank that had not loaded the checkpoint would differ
-    assert sorted(p.name for p in (out / "checkpoints").glob("last_*.pt")) == ["last_checkpoint_epoch=3.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("last_*.pt")) == [
+        "last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=3.pt"]  # the one before kept, as in one process
     client, runs = mlflow_runs(store)
     assert len(runs) == 1 and runs[0].info.run_name == (out / "mlflow_run_name.txt").read_text().strip()
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_ssim")] == [3]
@@ -303,6 +304,37 @@ def test_outside_torchrun_the_helpers_act_as_one_process(monkeypatch):
     with pytest.raises(ConfigError, match="the multi-GPU configs run under torchrun .* not set\\); launch with: "
                                           "torchrun --standalone"):
         distributed.init_process_group()
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):  # set by hand: no rendezvous
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"under torchrun \(MASTER_ADDR, MASTER_PORT not set\); launch with: "):
+        distributed.init_process_group()
+
+
+def test_more_processes_than_gpus_is_refused_with_the_launch_that_fits():
+    distributed.check_gpu_count(local_rank=1, local_processes=2, gpus=2)  # one process per GPU: fine
+    with pytest.raises(ConfigError, match=r"config 'nproc_per_node': 4 processes on this machine, but it has 2 GPUs: "
+                                          r"one process per GPU, launch with --nproc_per_node=2 "):
+        distributed.check_gpu_count(local_rank=3, local_processes=4, gpus=2)
+    with pytest.raises(ConfigError, match="2 processes on this machine, but it has 1 GPU: "):
+        distributed.check_gpu_count(local_rank=0, local_processes=2, gpus=1)
+
+
+@pytest.mark.slow
+def test_a_validate_split_smaller_than_the_processes_stops_with_one_line(tmp_path):
+    data = write_oasis_slices(tmp_path / "data", layout=(("train", 3, 4), ("validate", 1, 1)))
+    result = torchrun("-m", "monai.bundle", "run", "training", "--config_file", bundle_files(TRAIN, MULTI),
+                      *tiny_vqvae_overrides(data, tmp_path / "out", tmp_path / "mlruns", max_epochs=1))
+    assert result.returncode != 0
+    errors = {line for line in (result.stdout + result.stderr).splitlines() if "oasis-gen: error:" in line}
+    expected = ("oasis-gen: error: config 'nproc_per_node': the validate split has 1 slice, fewer than the 2 "
+                "processes (each needs one): launch at most --nproc_per_node=1, or give the validate split more slices")
+    assert errors and all(line.endswith(expected) for line in errors), result.stderr[-4000:]
+    # the only traceback is torchrun's own report that a process failed, none from inside the ranks
+    tracebacks = result.stderr.split("Traceback (most recent call last):")[1:]
+    assert all("torch/distributed/run.py" in t and "oasis_gen" not in t.split("ChildFailedError")[0]
+               for t in tracebacks), result.stderr[-4000:]
 
 
 def test_state_checksums_are_exact_and_name_every_parameter_and_buffer():

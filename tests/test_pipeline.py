@@ -176,8 +176,15 @@ def test_first_run_writes_every_stage_output_log_and_record(first):
     assert "encoding the train split" in (work / "runs/logs/codes.log").read_text()
     prior_log = (work / "runs/logs/prior.log").read_text()
     assert "reusing cached codes of the train split" in prior_log and "encoding the" not in prior_log
-    # the stages' own output reached the terminal, and the summary ends it
-    assert "Engine run finished" in out and out.rstrip().endswith("samples in runs/samples")
+    # the stages' own output reached the terminal, then the summary, and the links to the runs in the UI end it
+    assert "Engine run finished" in out and "samples in runs/samples\n" in out
+    (parent,) = parents_and_children(work)[0]
+    base, experiment = "http://127.0.0.1:5000/#/experiments", parent.info.experiment_id
+    assert out.rstrip().splitlines()[-3:] == [
+        "MLflow UI (start it with: oasis-gen ui --store mlruns):",
+        f"  runs of experiment oasis-gen: {base}/{experiment}/runs",
+        f"  this pipeline run ({parent.info.run_name}): {base}/{experiment}/runs/{parent.info.run_id}"]
+    assert client_of(work).get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.slow
@@ -431,9 +438,12 @@ def test_show_prints_the_listed_files_that_exist_after_the_summary(tmp_path, cap
         """)
     pipeline = load_pipeline(path)
     assert pipeline.show == [tmp_path / "table.md", tmp_path / "missing.md"]
-    _print_report(pipeline, [], 1.0, SimpleNamespace(run_name="p"))
+    parent = SimpleNamespace(run_name="p", run_id="abc", run=SimpleNamespace(tracking_uri="sqlite:///x.db",
+                                                                             experiment_id="7"))
+    _print_report(pipeline, [], 1.0, parent)
     out = capsys.readouterr().out
-    assert out.rstrip().endswith(f"look there\n\n{tmp_path / 'table.md'}:\n| figure | samples | floor |")
+    assert f"look there\n\n{tmp_path / 'table.md'}:\n| figure | samples | floor |\n" in out
+    assert out.rstrip().endswith("  this pipeline run (p): http://127.0.0.1:5000/#/experiments/7/runs/abc")
     (tmp_path / "bad.yaml").write_text(path.read_text().replace('show: [', 'show: {a: ').replace('"]', '"}'))
     with pytest.raises(PipelineError, match="show: a list of text files"):
         load_pipeline(tmp_path / "bad.yaml")

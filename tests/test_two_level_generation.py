@@ -200,3 +200,42 @@ def test_sampling_truncation_per_level_reaches_both_samplers(trained):
                       str(trained["store"]), "--top_p#bottom", "1.5", "--progress", "False")
     assert done.returncode != 0 and "top_p" in done.stderr and "bottom level" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_bottom_prior_without_its_top_prior_is_refused_at_the_start_saying_what_to_run(trained, tmp_path):
+    out = tmp_path / "prior"
+    done = run_bundle("run", "training", "--config_file", str(CONFIGS / "train_prior.yaml"),
+                      *tiny_prior_overrides(trained["data"], trained["vqvae"], out, tmp_path / "mlruns"))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("oasis-gen: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith(f"oasis-gen: error: config 'top_prior_ckpt': the VQ-VAE {trained['vqvae']} has two "
+                                "levels")
+    assert (f"--vqvae_ckpt {trained['vqvae']} --level top --output_dir {out}_top), then run this again with "
+            f"--top_prior_ckpt {out}_top/checkpoints/model.pt") in errors[0]
+    assert not (out / "codes").exists() and not (out / "checkpoints").exists()  # refused before any work
+    done = run_bundle("run", "training", "--config_file", str(CONFIGS / "train_prior.yaml"),
+                      *tiny_prior_overrides(trained["data"], trained["vqvae"], out, tmp_path / "mlruns",
+                                            top_prior_ckpt=trained["bottom"]))
+    assert done.returncode != 0
+    assert (f"oasis-gen: error: {trained['bottom']}: not a top prior (its level is bottom): pass the prior trained "
+            "with --level top as --top_prior_ckpt") in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_oasis_gen_train_prior_trains_the_top_prior_then_the_bottom_one(trained, tmp_path):
+    out = tmp_path / "runs" / "prior"
+    done = run_bundle("train-prior", str(trained["data"]), "--vqvae-ckpt", str(trained["vqvae"]), "--output-dir",
+                      str(out), "--epochs", "1", "--tracking-uri", str(tmp_path / "mlruns"), "--channels", "8",
+                      "--num_layers", "2", "--batch_size", "4", "--num_pictures", "0", "--progress", "False",
+                      "--mlflow_model", "False", module="oasis_gen.cli")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{trained['vqvae']} has two levels: training its top prior ({out}_top), then its bottom prior ({out})" \
+        in done.stdout
+    top = tmp_path / "runs" / "prior_top" / "checkpoints" / "model.pt"
+    assert load_pixelcnn(top)[1]["level"] == "top"
+    bottom_spec = load_pixelcnn(out / "checkpoints" / "model.pt")[1]
+    assert bottom_spec["level"] == "bottom" and bottom_spec["top_prior_checkpoint"] == str(top)
+    assert (out / "codes" / "codes_train.pt").is_file() and not (tmp_path / "runs" / "prior_top" / "codes").exists()
+    assert load_pair(out / "checkpoints" / "model.pt").two_level  # what sampling and inference load

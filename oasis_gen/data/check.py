@@ -17,7 +17,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from oasis_gen.data.layouts import SPLITS, find_scans
-from oasis_gen.data.readers import brain_fractions, inspect_slice, read_volume, resolve_axis, volume_slice
+from oasis_gen.data.readers import (
+    brain_fractions,
+    check_slice_size,
+    inspect_slice,
+    read_volume,
+    resolve_axis,
+    volume_slice,
+)
 from oasis_gen.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -158,6 +165,7 @@ def _cut_volume(scan: dict, axis: int | str, min_brain_fraction: float) -> list[
         raise DataError(scan["image"], f"no slice along axis {index} has {min_brain_fraction:.0%} brain "
                                        f"(largest: {fractions.max():.1%}); lower min_brain_fraction?")
     shape = volume_slice(volume, index, keep[0]).shape
+    check_slice_size(scan["image"], shape)
     base = {k: v for k, v in scan.items() if k != "volume"}
     return [({**base, "slice": k, "axis": index}, shape) for k in keep]
 

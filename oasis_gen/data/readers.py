@@ -21,6 +21,9 @@ WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 AXIS_NAMES = {"sagittal": ("L", "R"), "coronal": ("A", "P"), "axial": ("S", "I")}
 # upper percentile for intensity scaling of non-8-bit data: robust to a few hot voxels
 UPPER_PERCENTILE = 99.5
+# the smallest slice side the networks can use: one code of the default VQ-VAE's coarsest (top) grid covers 16x16
+# pixels; a smaller slice would be stretched to image_size from less than one code's worth of pixels
+MIN_SLICE_SIDE = 16
 
 
 def scan_kind(path: str | Path) -> str | None:
@@ -86,7 +89,16 @@ def _open_image(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated image" if "truncated" in str(err).lower() else f"unreadable image ({err})"
         raise DataError(path, reason) from None
+    check_slice_size(path, (image.height, image.width))
     return image
+
+
+def check_slice_size(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse a slice too small for the network (a DataError naming the file and its size)."""
+    if max(shape[:2]) < MIN_SLICE_SIDE:  # the longer side: a narrow slice is padded to a square of it
+        raise DataError(path, f"too small for the network: {shape[0]}x{shape[1]} pixels, the slices need at least "
+                              f"{MIN_SLICE_SIDE}x{MIN_SLICE_SIDE} (a code of the VQ-VAE's coarsest grid covers "
+                              f"{MIN_SLICE_SIDE}x{MIN_SLICE_SIDE} pixels of a 128x128 slice)")
 
 
 def scale_unit(data: np.ndarray, path: str | Path) -> np.ndarray:

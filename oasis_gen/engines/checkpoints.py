@@ -3,11 +3,16 @@
 A run killed at any moment (even ``kill -9``) and started again with the same command goes on from its last
 resumable checkpoint (``<ckpt_dir>/last_checkpoint_epoch=N.pt``):
 
-- every checkpoint is written to a temporary name beside its target and renamed (:class:`AtomicDiskSaver`), and
-  the previous checkpoint is only deleted once the new one is in place, so the folder always holds a whole one;
+- every checkpoint is written to a temporary name beside its target, synced to disk, renamed, and its folder
+  synced (:class:`AtomicDiskSaver`, :func:`oasis_gen.files.atomic_path`), so even a power loss leaves the old file
+  or the new one; the two newest resumable checkpoints are kept, an older one deleted only once the new one is in
+  place;
 - before MONAI's ``CheckpointLoader`` sees it, :func:`resume_checkpoint` reads the checkpoint (weights only) and
-  checks it was made for the network being trained, so a damaged or foreign file stops the run with one line that
+  checks it was made for the network being trained; one that fails to load (truncated, not a checkpoint) is named
+  in a warning and the previous one is used; a foreign one (another network) stops the run with one line that
   names it and says what to do, and nothing is deleted;
+- the checkpoint holds the run's random states and handler states (``run_state``,
+  :class:`oasis_gen.engines.run_state.RunState`), so the resumed run goes on exactly as the uninterrupted one;
 - the best-model file (``model.pt``) carries its score, which :class:`AtomicCheckpointSaver` reads back on resume,
   so a worse first validation after a resume does not replace the best model.
 """
@@ -37,24 +42,28 @@ EPOCH = re.compile(r"=(\d+)\.pt$")
 # the name tempfile.NamedTemporaryFile gives the temporary files of ignite's own atomic DiskSaver
 IGNITE_TEMPORARY = re.compile(r"^tmp[a-z0-9_]{8}$")
 # what a resumable checkpoint of train.yaml / train_prior.yaml holds (their CheckpointLoader's load_dict, and spec)
-RESUMABLE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer", "spec")
+RESUMABLE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer", "run_state", "spec")
 WHAT_TO_DO = "delete it (or move it away), or pass --resume false or another --output_dir to start a new training"
 # a spec key that only one kind of network has (as load_vqvae / load_pixelcnn use them)
 KIND_MARKERS = {"num_downsamplings": "VQ-VAE", "num_layers": "Gated PixelCNN prior"}
 
 
-def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "last") -> str | None:
-    """The newest resumable checkpoint (``<prefix>_*=N.pt`` with the highest epoch N) in a folder, or None.
+def resumable_checkpoints(ckpt_dir: str | Path, prefix: str = "last") -> list[str]:
+    """The resumable checkpoints (``<prefix>_*=N.pt``) in a folder, newest (highest epoch N) first.
 
     Temporary files of interrupted saves never match (they start with a dot, or are ignite's ``tmp*`` names).
     """
     folder = Path(ckpt_dir)
     if not folder.is_dir():
-        return None
+        return []
     candidates = [p for p in folder.glob(f"{prefix}_*.pt") if EPOCH.search(p.name) and p.is_file()]
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda p: int(EPOCH.search(p.name)[1])))
+    return [str(p) for p in sorted(candidates, key=lambda p: -int(EPOCH.search(p.name)[1]))]
+
+
+def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "last") -> str | None:
+    """The newest resumable checkpoint (``<prefix>_*=N.pt`` with the highest epoch N) in a folder, or None."""
+    found = resumable_checkpoints(ckpt_dir, prefix)
+    return found[0] if found else None
 
 
 def is_leftover(name: str) -> bool:
@@ -145,6 +154,9 @@ def check_resumable(path: str | Path, network: nn.Module | None = None,
                 raise
             raise CheckpointError(path, f"cannot resume: {err.problem}; {WHAT_TO_DO}") from None
     missing = [key for key in required if key not in state]
+    if missing == ["run_state"]:
+        raise CheckpointError(path, "cannot resume: it was saved by an earlier version of oasis-gen, without the "
+                                    f"random states an exact resume needs; {WHAT_TO_DO}")
     if missing:
         raise CheckpointError(path, f"cannot resume: not a resumable checkpoint of oasis-gen (it lacks "
                                     f"{', '.join(missing)}); {WHAT_TO_DO}")
@@ -182,12 +194,30 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: object = True, network: nn.M
         max_epochs: the run's max_epochs; the checkpoint must not have trained more.
         check: a further check of the checkpoint's path (e.g. ``oasis_gen.generation.pair.check_resume`` for the prior).
 
+    A checkpoint that fails to load (empty, truncated, not a checkpoint) is named in a warning and the one before
+    it is used; it is left where it is (the next save of its epoch replaces it).
+
     Raises:
-        CheckpointError: the newest checkpoint cannot resume this training (it is left where it is).
+        CheckpointError: no checkpoint loads (the newest is named), or the newest that loads cannot resume this
+            training (it is left where it is).
     """
-    path = latest_checkpoint(ckpt_dir) if flag(resume, "resume") else None
-    if path is not None:
-        check_resumable(path, network, spec, max_epochs, check)
+    path = None
+    if flag(resume, "resume"):
+        damaged: list[CheckpointError] = []
+        for candidate in resumable_checkpoints(ckpt_dir):
+            try:
+                _read_resumable(Path(candidate))
+            except CheckpointError as err:  # fails to load: named below, and the previous checkpoint is tried
+                damaged.append(err)
+                continue
+            check_resumable(candidate, network, spec, max_epochs, check)  # loads, but is foreign: stops the run
+            path = candidate
+            break
+        if damaged and path is None:
+            raise damaged[0]
+        for err in damaged:
+            problem = err.problem.removeprefix("cannot resume: ").removesuffix(f"; {WHAT_TO_DO}")
+            logger.warning("%s: %s; resuming from the previous checkpoint instead: %s", err.path, problem, path)
     if idist.get_rank() == 0:  # the rank that writes checkpoints
         remove_leftovers(ckpt_dir)
     return path
@@ -274,15 +304,18 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 class KeepLatestCheckpoint:
-    """After each epoch's save, delete the other resumable checkpoints (an earlier process's saver leaves its own).
+    """After each epoch's save, delete all but the ``keep`` newest resumable checkpoints up to the epoch just completed.
 
-    Keeps the checkpoint of the epoch just completed (or, if there is none, the newest), so a run that starts
-    afresh (``resume: false``) in a folder holding an older run's later epochs does not lose its own.
+    An earlier process's saver leaves its own files, which this process's saver does not know of. Checkpoints of
+    later epochs than the one just completed are an older run's (this one started afresh, ``resume: false``) and
+    are deleted, so it does not lose its own. The one before the newest is kept (``keep=2``) for a resume to fall
+    back to should the newest fail to load.
     """
 
-    def __init__(self, ckpt_dir: str | Path, prefix: str = "last"):
+    def __init__(self, ckpt_dir: str | Path, prefix: str = "last", keep: int = 2):
         self.ckpt_dir = Path(ckpt_dir)
         self.prefix = prefix
+        self.keep = max(int(keep), 1)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -290,12 +323,9 @@ class KeepLatestCheckpoint:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0:
             return
-        resumable = [p for p in self.ckpt_dir.glob(f"{self.prefix}_*.pt") if EPOCH.search(p.name)]
-        current = [p for p in resumable if int(EPOCH.search(p.name)[1]) == engine.state.epoch]
-        newest = latest_checkpoint(self.ckpt_dir, self.prefix)
-        keep = str(current[0]) if current else newest
-        if keep is None:
-            return
+        resumable = [Path(p) for p in resumable_checkpoints(self.ckpt_dir, self.prefix)]
+        current = [p for p in resumable if int(EPOCH.search(p.name)[1]) <= engine.state.epoch]
+        kept = current[:self.keep] if current else resumable[:1]
         for path in resumable:
-            if str(path) != keep:
+            if path not in kept:
                 path.unlink(missing_ok=True)

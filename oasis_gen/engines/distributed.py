@@ -12,7 +12,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from oasis_gen.files import write_text
 
 logger = logging.getLogger(__name__)
 
-# what torchrun sets in every process it starts
-TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+# what torchrun sets in every process it starts: its place, and where the processes meet (the env:// rendezvous)
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH_HINT = ("torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run training "
                "--config_file \"['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']\"")
 
@@ -69,9 +69,36 @@ def init_process_group(backend: str | None = None) -> None:
                                          f"launch with: {LAUNCH_HINT}")
     backend = backend or default_backend()
     if torch.cuda.is_available():
+        check_gpu_count(int(os.environ["LOCAL_RANK"]),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count())
         torch.cuda.set_device(local_device())
     dist.init_process_group(backend=backend)
     logger.info("rank %d of %d started (backend %s, device %s)", rank(), world_size(), backend, local_device())
+
+
+def check_gpu_count(local_rank: int, local_processes: int, gpus: int) -> None:
+    """Refuse more processes on a machine than it has GPUs (one process per GPU), with the launch that fits."""
+    if local_rank >= gpus or local_processes > gpus:
+        raise ConfigError("nproc_per_node", f"{local_processes} processes on this machine, but it has {gpus} "
+                                            f"GPU{'s' if gpus != 1 else ''}: one process per GPU, launch with "
+                                            f"--nproc_per_node={gpus} (or CUDA_VISIBLE_DEVICES='' for CPU "
+                                            f"processes over gloo)")
+
+
+def split_sampler(dataset: Sized, split: str, **kwargs: Any) -> Any:
+    """MONAI's DistributedSampler over a split; a split with fewer items than processes is refused in one line.
+
+    Every process must score at least one item of the split (the metrics are gathered from all of them).
+    """
+    from monai.data import DistributedSampler
+
+    processes = world_size()
+    if len(dataset) < processes:
+        raise ConfigError("nproc_per_node", f"the {split} split has {len(dataset)} slice"
+                                            f"{'s' if len(dataset) != 1 else ''}, fewer than the {processes} "
+                                            f"processes (each needs one): launch at most --nproc_per_node="
+                                            f"{max(len(dataset), 1)}, or give the {split} split more slices")
+    return DistributedSampler(dataset, **kwargs)
 
 
 def destroy_process_group() -> None:

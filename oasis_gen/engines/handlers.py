@@ -26,7 +26,15 @@ from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
 from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.threads import sampling_threads
-from oasis_gen.tracking import log_artifact, log_model, log_picture, run_id_of, update_run
+from oasis_gen.tracking import (
+    log_artifact,
+    log_datasets,
+    log_model,
+    log_picture,
+    mark_model_training,
+    run_id_of,
+    update_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +173,8 @@ class CodebookRestart:
     those iterations is moved onto a random encoder output of the latest batch (the first check, after the first
     iteration, doubles as a data-dependent initialisation). Under DDP the codebook is then broadcast from rank 0,
     so every rank keeps the same one. A two-level VQ-VAE's codebooks are restarted alike, each from its own level's
-    inputs; the top level's count is published as ``codebook_top_restarted``.
+    inputs; the top level's count is published as ``codebook_top_restarted``. The usage counted since the last
+    check is its state, kept in resumable checkpoints (through ``RunState``), so a resumed run restarts the same codes.
     """
 
     def __init__(self, network: nn.Module, interval: int = 20, enabled: bool = True):
@@ -187,6 +196,15 @@ class CodebookRestart:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset_count)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
 
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {name: None if level.used is None else level.used.detach().cpu() for name, level in self.levels.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor | None]) -> None:
+        for name, level in self.levels.items():
+            used = state.get(name)
+            device = level.quantizer.embedding.weight.device
+            level.used = None if used is None else torch.as_tensor(used).to(device)
+
     def _reset_count(self, engine: Engine) -> None:
         for level in self.levels.values():
             level.restarted = 0
@@ -207,33 +225,64 @@ class TimeBudget:
     """Stop training at the end of the last epoch that fits in a time budget (validation and checkpoint included).
 
     Ends on an epoch boundary, so the run finishes validated and checkpointed like any other. Under DDP rank 0's
-    clock decides for every rank (attach it on every rank), so they all stop after the same epoch.
+    clock decides for every rank (attach it on every rank), so they all stop after the same epoch. The seconds
+    trained (and the longest epoch) are its state, kept in resumable checkpoints (through ``RunState``): a resumed
+    run trains the minutes left of the budget, not the whole budget again, and one whose budget is spent stops
+    before its first epoch.
     """
 
     def __init__(self, minutes: float | None = None):
         self.seconds = float(minutes) * 60.0 if minutes else None
-        self.started = 0.0
+        self.started: float | None = None
         self.epoch_started = 0.0
         self.longest_epoch = 0.0
+        self.trained_before = 0.0  # seconds trained by the runs this one resumes
+        self.resumed = False  # loaded from a checkpoint, first epoch not started yet
 
     def attach(self, engine: Engine) -> None:
-        if self.seconds is None:
-            return
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_start)
         # after the other epoch-end handlers (validation, checkpoints) so their time counts
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
 
+    def trained_seconds(self) -> float:
+        """Seconds trained so far, the resumed runs' included."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.trained_before + running
+
+    def state_dict(self) -> dict[str, float]:
+        return {"trained_seconds": self.trained_seconds(), "longest_epoch": self.longest_epoch}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.trained_before = float(state.get("trained_seconds", 0.0))
+        self.longest_epoch = float(state.get("longest_epoch", 0.0))
+        self.resumed = True
+        if self.started is not None:  # loaded at the trainer's start: the clock restarts from the saved seconds
+            self.started = time.perf_counter()
+        if self.seconds is not None:
+            logger.info("time budget: %.1f of %.1f min trained before this resume, %.1f min left",
+                        self.trained_before / 60, self.seconds / 60,
+                        max(self.seconds - self.trained_before, 0.0) / 60)
+
     def _start(self, engine: Engine) -> None:
         self.started = time.perf_counter()
 
+    def _over(self) -> bool:
+        """Whether another epoch as long as the longest one would overrun the budget."""
+        return self.seconds is not None and self.trained_seconds() + self.longest_epoch > self.seconds
+
     def _epoch_start(self, engine: Engine) -> None:
         self.epoch_started = time.perf_counter()
+        first_after_resume, self.resumed = self.resumed, False
+        if first_after_resume and self.seconds is not None and rank_zero_decides(self._over()):
+            logger.info("time budget of %.1f min already reached before this resume (%.1f min trained): stopping",
+                        self.seconds / 60, self.trained_before / 60)
+            engine.terminate()
 
     def _check(self, engine: Engine) -> None:
         now = time.perf_counter()
         self.longest_epoch = max(self.longest_epoch, now - self.epoch_started)
-        over = now - self.started + self.longest_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs
+        over = self._over() and engine.state.epoch < engine.state.max_epochs
         if rank_zero_decides(over):
             logger.info("time budget of %.1f min reached after epoch %d: stopping", self.seconds / 60,
                         engine.state.epoch)
@@ -335,6 +384,11 @@ class RunRecorder:
         tracking_uri: the store of the run (where the model and its registered version go).
         model_name: the logged model's name in the run (not ``model``: the run's ``model/`` artifacts hold the
             checkpoint).
+        datasets: the slice records of each split the run trains on, logged as the run's inputs, named by split and
+            data folder (``train:data/demo``) with MLflow's digest (:func:`oasis_gen.tracking.log_datasets`).
+        data_root: the data folder of ``datasets``.
+
+    The run's experiment is marked as model training (MLflow 3's UI then opens it on its runs).
     """
 
     def __init__(self, run_handler: MLFlowHandler | None, output_dir: str | Path, config: Mapping[str, Any],
@@ -342,7 +396,8 @@ class RunRecorder:
                  artifacts: Sequence[str | Path] = (), model: Callable[[], torch.nn.Module] | None = None,
                  model_example: Any = None, registered_model_name: str | None = None,
                  tracking_uri: str | None = None, model_checkpoint: str | Path | None = None,
-                 model_name: str = "network"):
+                 model_name: str = "network", datasets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 data_root: str | Path | None = None):
         self.run_handler = run_handler
         self.output_dir = Path(output_dir)
         self.config = dict(config)
@@ -355,6 +410,8 @@ class RunRecorder:
         self.tracking_uri = tracking_uri
         self.model_checkpoint = model_checkpoint
         self.model_name = model_name
+        self.datasets = dict(datasets or {})
+        self.data_root = data_root
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -366,7 +423,11 @@ class RunRecorder:
         run_id = self.run_id = run_id_of(self.run_handler)
         if run_id is None:
             return
-        update_run(self.run_handler.client, run_id, self.tags, self.params)
+        client = self.run_handler.client
+        update_run(client, run_id, self.tags, self.params)
+        mark_model_training(client, client.get_run(run_id).info.experiment_id)
+        if self.datasets and self.data_root is not None:
+            log_datasets(client, run_id, self.datasets, self.data_root)
         log_artifact(self.run_handler, config_file)
 
     def _complete(self, engine: Engine) -> None:

@@ -4,13 +4,15 @@
 
     <out>/configs/inference.yaml, evaluate.yaml, metadata.json, logging.conf
     <out>/models/model.pt (the VQ-VAE), model.ts (TorchScript: image -> reconstruction), prior.pt, prior_top.pt
+    <out>/wheels/oasis_gen-<version>-py3-none-any.whl (the code the configs import: the project is not on PyPI)
     <out>/docs/README.md (what it was trained on, its figures, how to run it), docs/data_use.md (OASIS's terms)
     <out>/LICENSE
     <out>.zip (the same folder, zipped)
 
 The configs are the project's own with their file paths turned into ``@bundle_root`` paths and ``network_def``'s
-architecture (``vqvae_spec``) written out, so that elsewhere, with the project installed,
-``python -m monai.bundle run inferring --bundle_root B --config_file B/configs/inference.yaml --input SCANS`` runs.
+architecture (``vqvae_spec``) written out, so that elsewhere, in a fresh virtual environment with the bundle's wheel
+installed as its README says, ``python -m monai.bundle run inferring --bundle_root B --config_file
+B/configs/inference.yaml --input SCANS`` runs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from monai.networks.utils import convert_to_torchscript
 import oasis_gen
 from oasis_gen.bundles import configs_dir
 from oasis_gen.errors import ConfigError
+from oasis_gen.export.wheel import build_wheel, installed_requirements
 from oasis_gen.files import write_text
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.networks.spec import ModelSpec, file_sha256
@@ -44,6 +47,16 @@ __all__ = ["export_bundle", "set_config_value"]
 
 # where each file goes inside the bundle
 VQVAE_FILE, PRIOR_FILE, TOP_PRIOR_FILE, TORCHSCRIPT_FILE = "model.pt", "prior.pt", "prior_top.pt", "model.ts"
+WHEELS = "wheels"
+# listed apart in metadata.json (pytorch_version, monai_version, numpy_version)
+CORE_PACKAGES = ("torch", "monai", "numpy")
+
+
+def install_commands(wheel: str, torch_version: str) -> list[str]:
+    """The commands that make a fresh virtual environment run the bundle, from the folder holding it (``$B``)."""
+    return ["python3 -m venv .venv",
+            f'.venv/bin/python -m pip install "torch=={torch_version}"',
+            f'.venv/bin/python -m pip install "$B/{WHEELS}/{wheel}"']
 
 
 def set_config_value(text: str, key: str, value: str, comment: str = "") -> str:
@@ -98,8 +111,9 @@ def _training_record(vqvae_ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, evaluation
 
 
-def _metadata(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Path) -> dict[str, Any]:
-    """The project's ``metadata.json``, updated with what was exported: versions, sizes, trained settings, data."""
+def _metadata(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Path, wheel: str) -> dict[str, Any]:
+    """The project's ``metadata.json``, updated with what was exported: versions, what the install brings, sizes,
+    trained settings, data."""
     metadata = json.loads((configs_dir() / "metadata.json").read_text())
     size = int(spec["image_size"])
     today = datetime.date.today().isoformat()
@@ -110,12 +124,18 @@ def _metadata(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Pa
         monai_version=monai.__version__, pytorch_version=torch.__version__.split("+")[0],
         numpy_version=np.__version__,
     )
-    metadata["required_packages_version"]["oasis-gen"] = oasis_gen.__version__
+    # what installing the bundle's wheel brings in (oasis-gen itself is the wheel, not a package to fetch by name)
+    metadata["required_packages_version"] = {name: version for name, version in installed_requirements().items()
+                                             if name not in CORE_PACKAGES}
     for tensor in (*metadata["network_data_format"]["inputs"].values(),
                    *metadata["network_data_format"]["outputs"].values()):
         if tensor.get("type") == "image":
             tensor["spatial_shape"] = [size, size]
     metadata["oasis_gen"] = {
+        "install": {"wheel": f"{WHEELS}/{wheel}", "python": ">=3.10",
+                    "commands": install_commands(wheel, metadata["pytorch_version"]),
+                    "note": "oasis-gen is not on PyPI: install the wheel this bundle carries, never a package of "
+                            "that name from an index"},
         "vqvae": spec.state_dict(),
         "priors": {name: {k: v for k, v in s.state_dict().items() if not str(k).endswith("checkpoint")}
                    for name, s in prior_specs.items()},
@@ -132,7 +152,8 @@ def _metadata(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Pa
     return metadata
 
 
-def _readme(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Path, name: str) -> str:
+def _readme(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Path, name: str,
+            metadata: dict[str, Any], folder: str) -> str:
     config, evaluation = _training_record(vqvae_ckpt)
     size = int(spec["image_size"])
     levels = (f"two levels: a {spec['top_grid_size']}x{spec['top_grid_size']} grid of {spec['top_num_embeddings']} "
@@ -163,21 +184,35 @@ def _readme(spec: ModelSpec, prior_specs: dict[str, ModelSpec], vqvae_ckpt: Path
         lines.append(f"Per-slice reconstruction on the {split} split: " + "; ".join(cells) + ".")
     else:
         lines.append("No evaluation was found beside the checkpoint: run `evaluating` below on data of your own.")
+    install = metadata["oasis_gen"]["install"]
     lines += [
-        "", "## Run it", "",
-        "With the project installed (`pip install oasis-gen`, or `pip install -e .` from its source), from any folder:",
+        "", "## Install", "",
+        f"The bundle carries the code its configs import: `{install['wheel']}`, a wheel of oasis-gen "
+        f"{oasis_gen.__version__} (the project is not on PyPI: install this wheel, never a package of that name from "
+        "an index). In a fresh virtual environment, with Python 3.10 or newer, from the folder that holds this "
+        "bundle's folder:", "", "```bash",
+        f"B={folder}    # this bundle's folder",
+        *install["commands"],
+        "```", "",
+        f"The first install is PyTorch {metadata['pytorch_version']} (on Linux, PyPI's build for CUDA; the CPU build: "
+        "add `--index-url https://download.pytorch.org/whl/cpu`); the wheel then brings MONAI, MLflow and the rest "
+        "(`configs/metadata.json`: `required_packages_version`).", "",
+        "## Run it", "",
+        "In that environment (`.venv/bin/python`), from any folder, with `B` the bundle's folder:",
         "", "```bash",
-        "python -m monai.bundle run inferring --bundle_root B --config_file B/configs/inference.yaml \\",
-        "    --input SCANS [--inference_dir OUT]",
-        "python -m monai.bundle run evaluating --bundle_root B --config_file B/configs/evaluate.yaml \\",
-        "    --dataset_dir DATA",
-        "python -m monai.bundle ckpt_export network_def --filepath vqvae.ts --ckpt_file B/models/model.pt \\",
-        "    --key_in_ckpt model --config_file B/configs/inference.yaml --bundle_root B --use_trace True \\",
+        '.venv/bin/python -m monai.bundle run inferring --bundle_root "$B" \\',
+        '    --config_file "$B/configs/inference.yaml" --input SCANS',
+        '.venv/bin/python -m monai.bundle run evaluating --bundle_root "$B" \\',
+        '    --config_file "$B/configs/evaluate.yaml" --dataset_dir DATA',
+        '.venv/bin/python -m monai.bundle ckpt_export network_def --filepath vqvae.ts \\',
+        '    --ckpt_file "$B/models/model.pt" --key_in_ckpt model --config_file "$B/configs/inference.yaml" \\',
+        '    --bundle_root "$B" --use_trace True \\',
         f"    --input_shape \"[1, 1, {size}, {size}]\"",
         "```", "",
-        "`SCANS` is a PNG/JPEG slice, a NIfTI or Analyze volume, or a folder of them. Each scan gets "
-        "`B/eval/<scan>/` (or `OUT/<scan>/`): the reconstruction in the input's format, orientation and geometry, "
-        "its code map, per-slice SSIM/PSNR and, with a prior, an atypicality map. In Python: "
+        "`SCANS` is a PNG/JPEG slice, a NIfTI or Analyze volume, or a folder of them; `--inference_dir OUT` puts the "
+        "results elsewhere. Each scan gets `$B/eval/<scan>/` (or `OUT/<scan>/`): the reconstruction in the input's "
+        "format, orientation and geometry, its code map, per-slice SSIM/PSNR and, with a prior, an atypicality map. "
+        "`DATA` is a dataset folder (any layout oasis-gen reads). In Python: "
         "`monai.bundle.ConfigWorkflow(config_file='B/configs/inference.yaml', workflow_type='infer', "
         "bundle_root='B')`.",
         "", f"`models/{TORCHSCRIPT_FILE}` is the VQ-VAE traced in eval mode: `torch.jit.load` it and call it on "
@@ -262,11 +297,12 @@ def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str |
         if pair.top_prior_path is not None:
             sources[TOP_PRIOR_FILE] = pair.top_prior_path
             prior_specs["prior_top"] = pair.top_prior_spec
-    metadata = _metadata(spec, prior_specs, vqvae_ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
     try:
         (staging / "models").mkdir(parents=True)
+        wheel = build_wheel(staging / WHEELS).name
+        metadata = _metadata(spec, prior_specs, vqvae_ckpt, wheel)
         for target, source in sources.items():
             shutil.copy2(source, staging / "models" / target)
         _trace(vqvae, int(spec["image_size"]), metadata, staging / "models" / TORCHSCRIPT_FILE)
@@ -275,7 +311,8 @@ def export_bundle(out_dir: str | Path, vqvae_ckpt: str | Path, prior_ckpt: str |
         write_text(configs / "evaluate.yaml", _evaluate_config())
         write_text(configs / "metadata.json", json.dumps(metadata, indent=4) + "\n")
         shutil.copy2(configs_dir() / "logging.conf", configs / "logging.conf")
-        write_text(staging / "docs" / "README.md", _readme(spec, prior_specs, vqvae_ckpt, name))
+        write_text(staging / "docs" / "README.md", _readme(spec, prior_specs, vqvae_ckpt, name, metadata,
+                                                                out.name))
         write_text(staging / "docs" / "data_use.md", DATA_USE)
         shutil.copy2(configs_dir().parent / "LICENSE", staging / "LICENSE")
         old = staging.with_suffix(".old")

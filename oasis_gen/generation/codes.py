@@ -238,6 +238,16 @@ def code_datasets(
     return datasets
 
 
+def two_level_checkpoint(path: str | Path) -> bool:
+    """Whether a VQ-VAE checkpoint holds a two-level VQ-VAE (False when it is missing or unreadable: the run that
+    loads it says why)."""
+    try:
+        spec = read_checkpoint(path).get("spec")
+    except (CheckpointError, OSError):
+        return False
+    return isinstance(spec, Mapping) and is_two_level(spec)
+
+
 def prior_spec(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_checkpoint: str | Path, vqvae_sha256: str,
                level: str = "bottom", top_prior_checkpoint: str | Path | None = None, **architecture: Any
                ) -> ModelSpec:

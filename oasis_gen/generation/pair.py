@@ -252,6 +252,38 @@ def _given_or_recorded(given: str | Path | None, spec: ModelSpec, prior_path: Pa
     return path
 
 
+def require_top_prior(vqvae_spec: ModelSpec | Mapping[str, Any], vqvae_ckpt: str | Path, level: str,
+                      top_prior_ckpt: str | Path | None, output_dir: str | Path) -> Path | None:
+    """The top prior a two-level VQ-VAE's bottom prior is trained with, checked before any training; None when the
+    run trains another kind of prior.
+
+    Raises:
+        ConfigError: a bottom prior without its top prior (the message gives the command that trains it first).
+        CheckpointError: the top prior is missing, is not a top prior, or models another VQ-VAE's codes.
+    """
+    if not is_two_level(_values(vqvae_spec)) or str(level) != "bottom":
+        return None
+    top_dir = f"{str(output_dir).rstrip('/')}_top"
+    first = (f"python -m monai.bundle run training --config_file bundle/configs/train_prior.yaml --vqvae_ckpt "
+             f"{vqvae_ckpt} --level top --output_dir {top_dir}")
+    given = optional(top_prior_ckpt)
+    if given is None:
+        raise ConfigError("top_prior_ckpt", f"the VQ-VAE {vqvae_ckpt} has two levels, and the bottom prior is trained "
+                                            f"with its top prior (sampling and inference need both): train the top "
+                                            f"prior first ({first}), then run this again with --top_prior_ckpt "
+                                            f"{top_dir}/checkpoints/model.pt")
+    path = Path(str(given))
+    if not path.is_file():
+        raise CheckpointError(path, f"top prior checkpoint not found: train it first ({first}) or pass the one "
+                                    f"you trained as --top_prior_ckpt")
+    _, spec = load_pixelcnn(path)
+    if spec.get("level") != "top":
+        raise CheckpointError(path, f"not a top prior (its level is {spec.get('level', 'none')}): pass the prior "
+                                    f"trained with --level top as --top_prior_ckpt")
+    check_pair(spec, vqvae_spec, path, vqvae_ckpt, "sample")
+    return path
+
+
 def check_resume(resume_path: str | Path | None, vqvae_checkpoint: str | Path,
                  spec: ModelSpec | Mapping[str, Any]) -> None:
     """Refuse to resume a prior checkpoint that does not belong with this VQ-VAE (:func:`check_pair`, ``"resume"``)
