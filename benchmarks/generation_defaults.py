@@ -63,6 +63,7 @@ CANDIDATES: dict[str, list[str]] = {
                              "prior_minutes=2.4", *EMA],
     "bottom_batch2": ["prior.batch_size=2", "prior_top.batch_size=32", *EMA],
     "bottom_batch1": ["prior.batch_size=1"],
+    "bottom_lr2e-3": ["prior.learning_rate=0.002"],
     "slice_position": ["prior.num_classes=8", "prior_top.num_classes=8"],
     "two_level_bottom64x8": ["prior.channels=64", "prior.num_layers=8"],  # a larger bottom prior, fewer steps
     # a quarter of the training images decoded from the top codes alone
