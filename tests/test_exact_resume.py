@@ -112,12 +112,16 @@ def vqvae_args(work) -> callable:
     return args
 
 
-@pytest.fixture(scope="module")
-def vqvae_uninterrupted(work, vqvae_args) -> Path:
-    out = work / "vqvae_whole"
-    result = train(TRAIN, vqvae_args(out))
+def trained_whole(config: str, args: callable, out: Path) -> Path:
+    """A run of ``config`` that nothing interrupts: the weights a resumed run must end with."""
+    result = train(config, args(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def vqvae_uninterrupted(work, vqvae_args) -> Path:
+    return trained_whole(TRAIN, vqvae_args, work / "vqvae_whole")
 
 
 @pytest.mark.parametrize("kill_at", [2, 4, 9])  # in epoch 1 (nothing saved), first of epoch 2, last of epoch 3
@@ -136,10 +140,7 @@ def prior_args(work, vqvae_uninterrupted) -> callable:
 
 @pytest.fixture(scope="module")
 def prior_uninterrupted(work, prior_args) -> Path:
-    out = work / "prior_whole"
-    result = train(TRAIN_PRIOR, prior_args(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return trained_whole(TRAIN_PRIOR, prior_args, work / "prior_whole")
 
 
 @pytest.mark.parametrize("kill_at", [3, 5, 8])  # last of epoch 1, second of epoch 2, second of epoch 3

@@ -494,7 +494,7 @@ def test_cond_spec_round_trip_and_old_specs_load_unchanged(tmp_path):
     assert set(rebuilt.state_dict()) == set(old_network.state_dict())
 
 
-# ------------------------------------------------------------------ the conditioning stack that reads the whole top grid
+# ------------------------------------------------------------------ the conditioning stack: the whole top grid
 
 
 @pytest.mark.parametrize("cond_layers", [0, 3])
