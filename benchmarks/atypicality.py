@@ -18,7 +18,7 @@ codes, so the ranking is that of the total bits). Reports:
   share a cell drawn at random would reach (the cells that overlap the patch over all cells);
 * the mean score of each group.
 
-A two-level VQ-VAE is scored with its top and bottom priors (:class:`~oasis_gen.networks.pixelcnn_inferer.
+A two-level VQ-VAE is scored with its top and bottom priors (:class:`~oasis_gen.inferers.pixelcnn_inferer.
 TwoLevelPrior`), one map at the bottom grid that sums to the slice's total bits. Writes
 ``<out-dir>/atypicality_<name>.md`` and ``.json`` (atomically) with the machine and the command line.
 """
@@ -38,12 +38,12 @@ from bench_machine import machine_info, machine_summary
 from bench_results import write_result
 
 from oasis_gen.data import check_dataset
-from oasis_gen.errors import OasisGenError
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.generation.reference import split_slices
 from oasis_gen.inference.models import InferenceModels
 from oasis_gen.inference.run import run_networks
+from oasis_gen.utils.errors import OasisGenError
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 BRAIN_THRESHOLD = 0.05  # intensity in [0, 1] above which a pixel counts as brain (the demo's background is 0)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from oasis_gen.files import write_text
+from oasis_gen.utils.files import write_text
 
 
 def write_result(out_dir: str | Path, name: str, text: str, result: Any) -> tuple[Path, Path]:

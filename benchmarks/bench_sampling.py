@@ -4,8 +4,8 @@ Usage::
 
     .venv/bin/python benchmarks/bench_sampling.py [--samples 64 --grid 32 --K 256 --naive-positions 32 ...]
 
-The incremental sampler (:func:`oasis_gen.networks.pixelcnn_sampling.sample_codes`) is timed over the full
-grid. The naive one (:func:`oasis_gen.networks.pixelcnn_sampling.sample_codes_naive`) runs the whole network on
+The incremental sampler (:func:`oasis_gen.inferers.pixelcnn_sampling.sample_codes`) is timed over the full
+grid. The naive one (:func:`oasis_gen.inferers.pixelcnn_sampling.sample_codes_naive`) runs the whole network on
 the whole grid for every position, so each of its steps costs the same: it is timed over the first
 ``--naive-positions`` raster positions (a completion whose region is exactly those positions) and extrapolated
 linearly to the full grid, which the report states. Both samplers are also checked to draw the same codes on the
@@ -26,8 +26,8 @@ import torch
 from bench_machine import machine_info, machine_summary
 from bench_results import write_result
 
+from oasis_gen.inferers.pixelcnn_sampling import sample_codes, sample_codes_naive
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_sampling import sample_codes, sample_codes_naive
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 

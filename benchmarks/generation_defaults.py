@@ -32,7 +32,7 @@ import yaml
 from bench_machine import machine_info, machine_summary
 from bench_results import write_result
 
-from oasis_gen.files import write_text
+from oasis_gen.utils.files import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
@@ -149,7 +149,7 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
     own_data = args.dataset != "demo"
     demo = ROOT / "pipelines" / "demo.yaml"
     pipeline = candidate_pipeline(runs_dir, single, own_data) if single or own_data else demo
-    command = [sys.executable, "-m", "oasis_gen.cli", "pipeline", "run", str(pipeline), "--only", *stages]
+    command = [sys.executable, "-m", "oasis_gen", "pipeline", "run", str(pipeline), "--only", *stages]
     for item in settings:
         command += ["--set", item]
     return command

@@ -47,7 +47,7 @@ from torch import nn
 
 from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
-from oasis_gen.pictures import reconstruction_grid, save_png, tile, to_uint8
+from oasis_gen.utils.pictures import reconstruction_grid, save_png, tile, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -39,7 +39,7 @@ from bench_sampling import time_samplers
 from bench_training import matmul_rates, vqvae_throughput
 from cache_memory import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
 
-from oasis_gen.threads import sampling_threads
+from oasis_gen.utils.threads import sampling_threads
 
 DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
 OASIS_SLICES_DIR = ROOT / "runs" / "benchmarks" / "oasis_sized"  # 9,664 PNGs, written once and reused

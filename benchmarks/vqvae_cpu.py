@@ -22,7 +22,7 @@ import torch
 import yaml
 from bench_machine import machine_info, machine_summary
 
-from oasis_gen.files import write_text
+from oasis_gen.utils.files import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

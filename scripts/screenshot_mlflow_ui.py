@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshot_mlflow_ui.py                  # the project store mlruns/ -> docs/
     .venv/bin/python scripts/screenshot_mlflow_ui.py --store runs/x/mlruns --out-dir /tmp/shots
 
-Starts ``mlflow server`` on the store (``oasis_gen.ui``), opens the newest VQ-VAE run as a user would and writes
+Starts ``mlflow server`` on the store (``oasis_gen.commands.ui``),
+opens the newest VQ-VAE run as a user would and writes
 ``mlflow_ui.png`` (the run's metric charts) and ``mlflow_ui_artifacts.png`` (a logged picture). The browser is
 driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``), so nothing beyond Chromium itself and
 the standard library is needed; ``tests/test_mlflow_ui.py`` uses the same driver.
@@ -28,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from oasis_gen.errors import DataError, OasisGenError
-from oasis_gen.files import atomic_path
-from oasis_gen.ui import existing_store_uri, mlflow_ui
+from oasis_gen.commands.ui import existing_store_uri, mlflow_ui
+from oasis_gen.utils.errors import DataError, OasisGenError
+from oasis_gen.utils.files import atomic_path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,7 +55,7 @@ def test_the_single_level_candidate_runs_the_demo_pipeline_without_its_top_prior
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from generation_defaults import candidate_pipeline
 
-    from oasis_gen.pipeline import load_pipeline
+    from oasis_gen.commands.pipeline import load_pipeline
 
     pipeline = load_pipeline(candidate_pipeline(tmp_path, single=True, own_data=False), ["vqvae.top_downsamplings=0"])
     assert "prior_top" not in pipeline.stages and pipeline.stages["prior"].needs == ["codes"]
@@ -67,7 +67,7 @@ def test_a_dataset_of_ones_own_runs_the_demo_pipeline_without_its_data_stage(tmp
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from generation_defaults import candidate_pipeline
 
-    from oasis_gen.pipeline import load_pipeline
+    from oasis_gen.commands.pipeline import load_pipeline
 
     pipeline = load_pipeline(candidate_pipeline(tmp_path, single=False, own_data=True), [])
     assert "data" not in pipeline.stages

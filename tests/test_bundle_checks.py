@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from oasis_gen.bundle_checks import check_overrides, find_user_error, flag, override_keys
-from oasis_gen.errors import ConfigError, DataError
+from oasis_gen.bundle.checks import check_overrides, override_keys
+from oasis_gen.utils.config_values import flag
+from oasis_gen.utils.errors import ConfigError, DataError, find_user_error
 
 
 def test_override_keys_take_the_top_level_of_nested_ids():

@@ -28,10 +28,9 @@ from conftest import (
     write_png,
 )
 
-from oasis_gen.errors import ConfigError
-from oasis_gen.export import export_bundle
-from oasis_gen.export.bundle import set_config_value
+from oasis_gen.bundle.export import export_bundle, set_config_value
 from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.utils.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 WHEEL = "oasis_gen-0.1.0-py3-none-any.whl"
@@ -59,7 +58,7 @@ def exported(tmp_path_factory) -> dict:
         assert done.returncode == 0, done.stderr[-3000:]
         priors[level] = work / f"prior_{level}" / "checkpoints" / "model.pt"
     done = run_bundle("bundle", "export", str(work / "bundles" / "tiny"), "--vqvae-ckpt", str(vqvae),
-                      "--prior-ckpt", str(priors["bottom"]), "--name", "tiny_test_bundle", module="oasis_gen.cli")
+                      "--prior-ckpt", str(priors["bottom"]), "--name", "tiny_test_bundle", module="oasis_gen")
     assert done.returncode == 0, done.stderr[-3000:]
     elsewhere = tmp_path_factory.mktemp("elsewhere") / "tiny"
     shutil.copytree(work / "bundles" / "tiny", elsewhere)
@@ -156,8 +155,8 @@ def test_a_pipeline_stage_exports_the_bundle_and_replaces_it_when_run_again(expo
 
     from mlflow import MlflowClient
 
-    from oasis_gen.pipeline import load_pipeline
-    from oasis_gen.pipeline_runner import run_pipeline
+    from oasis_gen.commands.pipeline import load_pipeline
+    from oasis_gen.commands.pipeline_runner import run_pipeline
 
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""\
@@ -180,7 +179,7 @@ def test_a_pipeline_stage_exports_the_bundle_and_replaces_it_when_run_again(expo
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               "tags.stage = 'export'")
-    assert len(runs) == 2 and runs[0].data.params["builder"] == "oasis_gen.export.bundle.export_bundle"
+    assert len(runs) == 2 and runs[0].data.params["builder"] == "oasis_gen.bundle.export.export_bundle"
     assert "configs/inference.yaml" in [a.path for a in client.list_artifacts(runs[0].info.run_id, "configs")]
     # a folder that is not an earlier export is never replaced
     other = tmp_path / "mine"

@@ -31,13 +31,13 @@ from PIL import Image
 
 from oasis_gen.data import decode_intensity, eval_transforms
 from oasis_gen.data.readers import read_volume
-from oasis_gen.errors import CheckpointError, ConfigError, DataError
 from oasis_gen.inference import ModelView, find_inputs, load_inference_models, read_planes
 from oasis_gen.inference.scans import volume_labels
 from oasis_gen.inference.writers import write_reconstruction
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError, ConfigError, DataError
 
 TRAIN = str(CONFIGS / "train.yaml")
 TRAIN_PRIOR = str(CONFIGS / "train_prior.yaml")
@@ -415,7 +415,7 @@ def infer_in_process(scans: Path, out: Path, vqvae: Path, prior: Path, **overrid
 
 
 def test_a_conditional_prior_scores_each_slice_under_its_position(tmp_path):
-    from oasis_gen.bundle_checks import find_user_error
+    from oasis_gen.utils.errors import find_user_error
 
     vqvae = _tiny_vqvae(tmp_path / "vqvae.pt", 0)
     prior = _tiny_prior(tmp_path / "prior.pt", vqvae, num_classes=3)

@@ -24,14 +24,14 @@ from monai.inferers import SimpleInferer
 
 from oasis_gen.engines.handlers import samples_grid
 from oasis_gen.engines.steps import PrepareCodeBatch
-from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.generation.codes import class_count, code_datasets, encode_codes, prior_spec, slice_labels
 from oasis_gen.generation.pair import check_resume
-from oasis_gen.metrics import CodeAccuracy, CodeNLL
+from oasis_gen.inferers.pixelcnn_inferer import PriorCodeBits, VQVAEPixelCNNInferer
+from oasis_gen.metrics.image_metrics import CodeAccuracy, CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
-from oasis_gen.networks.pixelcnn_inferer import PriorCodeBits, VQVAEPixelCNNInferer
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError, ConfigError
 
 TRAIN = str(CONFIGS / "train.yaml")
 TRAIN_PRIOR = str(CONFIGS / "train_prior.yaml")
@@ -138,7 +138,7 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt, tiny_data):
 def test_the_trained_prior_is_a_registered_mlflow_model_that_scores_as_the_checkpoint(prior_run):
     import mlflow.pytorch
 
-    from oasis_gen.tracking import CHECKPOINT_TAG, fluent_store
+    from oasis_gen.tracking.mlflow_store import CHECKPOINT_TAG, fluent_store
 
     uri = f"sqlite:///{prior_run['store'] / 'mlflow.db'}"
     checkpoint = prior_run["out"] / "checkpoints" / "model.pt"

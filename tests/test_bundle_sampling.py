@@ -14,16 +14,16 @@ from conftest import run_bundle as bundle
 from mlflow import MlflowClient
 from PIL import Image
 
-from oasis_gen.errors import CheckpointError, ConfigError
-from oasis_gen.files import is_temporary
 from oasis_gen.generation.pair import check_pair, load_pair
 from oasis_gen.generation.sampling import complete_scan, generate, region_mask
 from oasis_gen.generation.writers import write_samples
-from oasis_gen.metrics import fid, mmd, ms_ssim_diversity, ms_ssim_settings
+from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
+from oasis_gen.metrics.image_metrics import fid, mmd, ms_ssim_diversity, ms_ssim_settings
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
-from oasis_gen.networks.pixelcnn_inferer import decode_codes, encode_images
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError, ConfigError
+from oasis_gen.utils.files import is_temporary
 
 SAMPLE = str(CONFIGS / "sample.yaml")
 K, GRID, SIZE = 16, 8, 32

@@ -19,9 +19,9 @@ import yaml
 from conftest import ROOT, run_bundle, write_oasis_slices
 from mlflow import MlflowClient
 
-from oasis_gen.cli import BUNDLE_COMMANDS, build_parser, main, split_overrides
-from oasis_gen.errors import ConfigError
-from oasis_gen.ui import free_port
+from oasis_gen.commands.cli import BUNDLE_COMMANDS, build_parser, main, split_overrides
+from oasis_gen.commands.ui import free_port
+from oasis_gen.utils.errors import ConfigError
 
 COMMANDS = [[], ["data"], ["data", "demo"], ["data", "check"], *([c.name] for c in BUNDLE_COMMANDS), ["pipeline"],
             ["pipeline", "run"], ["ui"]]
@@ -29,7 +29,7 @@ COMMANDS = [[], ["data"], ["data", "demo"], ["data", "check"], *([c.name] for c 
 
 def oasis_gen(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``oasis-gen ...`` in a subprocess, as a user runs it."""
-    return run_bundle(*args, cwd=cwd, module="oasis_gen.cli")
+    return run_bundle(*args, cwd=cwd, module="oasis_gen")
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "oasis-gen")
@@ -128,7 +128,7 @@ def test_ui_serves_the_store_over_http_and_stops_with_its_server(tmp_path):
     log = tmp_path / "ui.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as output:
-        ui = subprocess.Popen([sys.executable, "-m", "oasis_gen.cli", "ui", "--store", str(store), "--port", str(port),
+        ui = subprocess.Popen([sys.executable, "-m", "oasis_gen", "ui", "--store", str(store), "--port", str(port),
                                "--experiment", "shown"], stdout=output, stderr=subprocess.STDOUT, env=env,
                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"

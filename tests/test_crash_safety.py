@@ -31,10 +31,10 @@ from oasis_gen.engines.checkpoints import (
     resume_checkpoint,
 )
 from oasis_gen.engines.run_state import RunState
-from oasis_gen.errors import CheckpointError
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.spec import ModelSpec, read_checkpoint
 from oasis_gen.networks.vqvae import load_vqvae, vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError
 
 TRAIN = str(CONFIGS / "train.yaml")
 TRAIN_PRIOR = str(CONFIGS / "train_prior.yaml")
@@ -204,7 +204,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint
-import oasis_gen.files
+import oasis_gen.utils.files
 from oasis_gen.engines.checkpoints import AtomicDiskSaver
 
 folder = Path(sys.argv[1])
@@ -215,7 +215,7 @@ engine = Engine(lambda engine, batch: None)
 engine.state.epoch = 1
 saver(engine)
 # the fault: the machine stops between the write (synced) of epoch 2's checkpoint and its rename
-oasis_gen.files.os.replace = lambda source, target: os.kill(os.getpid(), signal.SIGKILL)
+oasis_gen.utils.files.os.replace = lambda source, target: os.kill(os.getpid(), signal.SIGKILL)
 with torch.no_grad():
     weights.weight.fill_(2.0)
 engine.state.epoch = 2
@@ -239,7 +239,7 @@ def test_fault_between_write_and_rename_leaves_the_previous_checkpoint_loadable(
 
 
 def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
-    import oasis_gen.files as files
+    import oasis_gen.utils.files as files
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -393,7 +393,7 @@ def test_checkpoint_of_another_network_or_size_is_refused_by_name(tmp_path, tiny
 def test_leftovers_of_interrupted_saves_are_never_resumed_and_are_cleaned(tmp_path, tiny_network):
     network, spec = tiny_network
     good = save_resumable(tmp_path / "last_checkpoint_epoch=2.pt", spec, epochs=2)
-    ours = tmp_path / ".last_checkpoint_epoch=3.pt.4242.0a1b2c3d.partial"  # oasis_gen.files.atomic_path's name
+    ours = tmp_path / ".last_checkpoint_epoch=3.pt.4242.0a1b2c3d.partial"  # oasis_gen.utils.files.atomic_path's name
     ignites = tmp_path / "tmpk2j4_x9q"  # tempfile's name, as ignite's atomic DiskSaver leaves it
     for leftover in (ours, ignites):
         leftover.write_bytes(good.read_bytes()[:100])

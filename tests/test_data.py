@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import brain_slice, brain_volume, write_analyze, write_nifti, write_png
 
-from oasis_gen.cli import main
+from oasis_gen.commands.cli import main
 from oasis_gen.data import (
     build_cache_dataset,
     cache_nbytes,
@@ -22,7 +22,7 @@ from oasis_gen.data import (
     train_transforms,
 )
 from oasis_gen.data.layouts import parse_slice_name, parse_volume_subject
-from oasis_gen.errors import ConfigError, DataError
+from oasis_gen.utils.errors import ConfigError, DataError
 
 
 def messages(report, severity=None):
@@ -243,7 +243,7 @@ def test_check_command_exit_codes_and_report(oasis_slices, capsys):
 def test_check_command_in_a_subprocess_prints_no_traceback(tmp_path):
     bad = write_png(tmp_path / "flat" / "case_1_slice_0.png", brain_slice(16, 0))
     bad.write_bytes(bad.read_bytes()[:30])
-    result = subprocess.run([sys.executable, "-m", "oasis_gen.cli", "data", "check", str(tmp_path / "flat"), "-q"],
+    result = subprocess.run([sys.executable, "-m", "oasis_gen", "data", "check", str(tmp_path / "flat"), "-q"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr

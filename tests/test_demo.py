@@ -17,7 +17,7 @@ from PIL import Image
 import oasis_gen
 from oasis_gen.data import demo
 from oasis_gen.data.demo import MANIFEST_NAME, SPLIT_DIRS, SPLITS, build_demo_cohort
-from oasis_gen.pictures import save_png
+from oasis_gen.utils.pictures import save_png
 
 # Tiny but complete: every split gets a subject, and the slices still show brain.
 TINY = {"subjects": 4, "size": 32, "slices_per_subject": 4, "progress": False}

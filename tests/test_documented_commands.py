@@ -100,7 +100,7 @@ def argv(command: str, data: Path, scans: Path) -> list[str]:
     if words[0] == "python":
         words[0] = sys.executable
     elif words[0] in ("oasis-gen", ".venv/bin/oasis-gen"):
-        words[:1] = [sys.executable, "-m", "oasis_gen.cli"]
+        words[:1] = [sys.executable, "-m", "oasis_gen"]
     if "--config_file" in words and "run" in words:
         files = words[words.index("--config_file") + 1]
         given = {w[2:] for w in words if w.startswith("--")}

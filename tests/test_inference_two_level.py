@@ -17,12 +17,12 @@ from conftest import CONFIGS, brain_slice, brain_volume, overrides, write_nifti,
 from conftest import run_bundle as bundle
 from PIL import Image
 
-from oasis_gen.errors import ConfigError
 from oasis_gen.inference import ModelView, find_inputs, load_inference_models, read_planes, typical_nll
+from oasis_gen.inferers.pixelcnn_inferer import TwoLevelPrior, decode_codes, encode_images
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
-from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior, decode_codes, encode_images
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import load_vqvae, vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import ConfigError
 
 INFERENCE = str(CONFIGS / "inference.yaml")
 METADATA = str(CONFIGS / "metadata.json")

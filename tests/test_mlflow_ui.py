@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from PIL import Image
 
-from oasis_gen.errors import ConfigError, DataError
-from oasis_gen.tracking import resolve_tracking_uri
-from oasis_gen.ui import start_mlflow_ui, stop_mlflow_ui
+from oasis_gen.commands.ui import start_mlflow_ui, stop_mlflow_ui
+from oasis_gen.tracking.mlflow_store import resolve_tracking_uri
+from oasis_gen.utils.errors import ConfigError, DataError
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from screenshot_mlflow_ui import (  # noqa: E402
@@ -71,7 +71,7 @@ def fill_store(work: Path) -> Path:
     (work / "ui.yaml").write_text(UI_PIPELINE)
     # one VQ-VAE epoch logs what the UI must show: params, metrics per epoch, pictures, the config; the pipeline
     # adds its parent run, with the stage nested under it
-    result = run_bundle("pipeline", "run", "ui.yaml", cwd=work, module="oasis_gen.cli")
+    result = run_bundle("pipeline", "run", "ui.yaml", cwd=work, module="oasis_gen")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work / "mlruns"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from oasis_gen.errors import CheckpointError
 from oasis_gen.generation.pair import check_pair, check_resume, load_pair
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError
 
 K, SIZE = 16, 32
 

@@ -15,10 +15,9 @@ import yaml
 from conftest import ROOT, run_bundle, write_oasis_slices
 from mlflow import MlflowClient
 
-from oasis_gen.cli import main as cli_main
-from oasis_gen.errors import ConfigError
-from oasis_gen.pipeline import PipelineError, load_pipeline
-from oasis_gen.pipeline_runner import (
+from oasis_gen.commands.cli import main as cli_main
+from oasis_gen.commands.pipeline import PipelineError, load_pipeline
+from oasis_gen.commands.pipeline_runner import (
     error_line,
     fingerprint,
     fingerprint_inputs,
@@ -26,9 +25,10 @@ from oasis_gen.pipeline_runner import (
     stream_command,
     why_run,
 )
+from oasis_gen.utils.errors import ConfigError
 
 STAGES = ("vqvae", "codes", "prior", "sampling")
-# the tag each stage's own MLflow run carries (oasis_gen.tracking.run_tags)
+# the tag each stage's own MLflow run carries (oasis_gen.tracking.mlflow_store.run_tags)
 RUN_STAGE_TAGS = {"vqvae": "vqvae", "codes": "codes", "prior": "prior", "sampling": "sample"}
 
 # A tiny pipeline on 32px slices: a K=16 VQ-VAE and a 2-layer prior for one epoch each. Each bundle stage costs a
@@ -81,7 +81,7 @@ summary: |
 
 def oasis_gen(work: Path, *args: str):
     """``oasis-gen ...`` as a user runs it, from the folder ``work``."""
-    return run_bundle(*args, cwd=work, module="oasis_gen.cli", timeout=600)
+    return run_bundle(*args, cwd=work, module="oasis_gen", timeout=600)
 
 
 def client_of(work: Path) -> MlflowClient:
@@ -426,7 +426,7 @@ def test_resolved_pipeline_is_plain_yaml(tmp_path):
 def test_show_prints_the_listed_files_that_exist_after_the_summary(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from oasis_gen.pipeline_runner import _print_report
+    from oasis_gen.commands.pipeline_runner import _print_report
 
     (tmp_path / "table.md").write_text("| figure | samples | floor |\n")
     path = write(tmp_path, f"""

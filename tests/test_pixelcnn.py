@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_from_spec, pixelcnn_spec
-from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
-from oasis_gen.networks.pixelcnn_sampling import (
+from oasis_gen.inferers.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
+from oasis_gen.inferers.pixelcnn_sampling import (
     IncrementalState,
     complete_codes,
     incremental_logits,
@@ -18,6 +17,7 @@ from oasis_gen.networks.pixelcnn_sampling import (
     sample_codes_naive,
     truncate_logits,
 )
+from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 
 K = 5

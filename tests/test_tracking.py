@@ -10,9 +10,9 @@ import pytest
 from conftest import CONFIGS, ROOT, run_bundle, tiny_vqvae_overrides, write_oasis_slices
 from mlflow import MlflowClient
 
-from oasis_gen.pipeline import load_pipeline
-from oasis_gen.tracking import TRACKING_URI_ENV, default_tracking_uri, resolve_tracking_uri, sqlite_uri
-from oasis_gen.ui import existing_store_uri
+from oasis_gen.commands.pipeline import load_pipeline
+from oasis_gen.commands.ui import existing_store_uri
+from oasis_gen.tracking.mlflow_store import TRACKING_URI_ENV, default_tracking_uri, resolve_tracking_uri, sqlite_uri
 
 
 def without_store(args: list[str]) -> list[str]:
@@ -67,7 +67,7 @@ def test_the_command_line_and_the_pipelines_start_without_torch():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "import sys, oasis_gen.cli, oasis_gen.pipeline_runner, oasis_gen.ui; "
-                                                 "print('torch' in sys.modules)"],
+    code = "import sys, oasis_gen.commands.cli, oasis_gen.commands.pipeline_runner, oasis_gen.commands.ui; "
+    done = subprocess.run([sys.executable, "-c", code + "print('torch' in sys.modules)"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import CONFIGS, run_bundle, tiny_prior_overrides, tiny_vqvae_overrides, write_oasis_slices
 
-from oasis_gen.errors import CheckpointError, ConfigError
 from oasis_gen.generation.codes import prior_spec
 from oasis_gen.generation.pair import check_pair, load_pair
+from oasis_gen.inferers.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
+from oasis_gen.inferers.pixelcnn_sampling import complete_codes, sample_codes_naive
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn
-from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
-from oasis_gen.networks.pixelcnn_sampling import complete_codes, sample_codes_naive
 from oasis_gen.networks.vqvae import level_sizes, vqvae_from_spec, vqvae_spec
+from oasis_gen.utils.errors import CheckpointError, ConfigError
 
 SPEC = vqvae_spec(image_size=32, num_downsamplings=2, channels=[4, 8], num_embeddings=16, embedding_dim=4,
                   top_downsamplings=2, top_num_embeddings=8)  # bottom 8x8 of K=16, top 2x2 of K=8
@@ -229,7 +229,7 @@ def test_oasis_gen_train_prior_trains_the_top_prior_then_the_bottom_one(trained,
     done = run_bundle("train-prior", str(trained["data"]), "--vqvae-ckpt", str(trained["vqvae"]), "--output-dir",
                       str(out), "--epochs", "1", "--tracking-uri", str(tmp_path / "mlruns"), "--channels", "8",
                       "--num_layers", "2", "--batch_size", "4", "--num_pictures", "0", "--progress", "False",
-                      "--mlflow_model", "False", module="oasis_gen.cli")
+                      "--mlflow_model", "False", module="oasis_gen")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{trained['vqvae']} has two levels: training its top prior ({out}_top), then its bottom prior ({out})" \
         in done.stdout

@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 from monai.networks.nets import VQVAE
 
 from oasis_gen.engines.handlers import CodebookRestart, CodebookUsage
-from oasis_gen.errors import ConfigError
-from oasis_gen.networks.pixelcnn_inferer import decode_codes, encode_images
+from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
 from oasis_gen.networks.vqvae import load_vqvae, named_quantizers, vqvae_from_spec, vqvae_spec
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
+from oasis_gen.utils.errors import ConfigError
 
 # 32x32 images, bottom grid 8x8 (K=16), top grid 2x2 (K=8)
 TINY = {"image_size": 32, "num_downsamplings": 2, "channels": [4, 8], "num_embeddings": 16, "embedding_dim": 4}

@@ -25,7 +25,7 @@ from oasis_gen.data.readers import (
     resolve_axis,
     volume_slice,
 )
-from oasis_gen.errors import DataError
+from oasis_gen.utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 

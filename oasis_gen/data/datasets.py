@@ -9,7 +9,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose
 
-from oasis_gen.errors import DataError
+from oasis_gen.utils.errors import DataError
 
 
 def build_cache_dataset(

@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from oasis_gen import __version__
-from oasis_gen.files import is_temporary, write_text
-from oasis_gen.pictures import save_png
-from oasis_gen.threads import torch_threads
+from oasis_gen.utils.files import is_temporary, write_text
+from oasis_gen.utils.pictures import save_png
+from oasis_gen.utils.threads import torch_threads
 
 __all__ = ["build_demo_cohort", "demo_dataset", "SPLITS", "SPLIT_DIRS", "MANIFEST_NAME"]
 

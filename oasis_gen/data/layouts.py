@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from oasis_gen.data.readers import scan_kind, volume_stem
-from oasis_gen.errors import ConfigError, DataError
+from oasis_gen.utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from oasis_gen.errors import DataError
+from oasis_gen.utils.errors import DataError
 
 SLICE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")

@@ -4,7 +4,7 @@ A run killed at any moment (even ``kill -9``) and started again with the same co
 resumable checkpoint (``<ckpt_dir>/last_checkpoint_epoch=N.pt``):
 
 - every checkpoint is written to a temporary name beside its target, synced to disk, renamed, and its folder
-  synced (:class:`AtomicDiskSaver`, :func:`oasis_gen.files.atomic_path`), so even a power loss leaves the old file
+  synced (:class:`AtomicDiskSaver`, :func:`oasis_gen.utils.files.atomic_path`), so even a power loss leaves the old file
   or the new one; the two newest resumable checkpoints are kept, an older one deleted only once the new one is in
   place;
 - before MONAI's ``CheckpointLoader`` sees it, :func:`resume_checkpoint` reads the checkpoint (weights only) and
@@ -32,10 +32,10 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 from torch import nn
 
-from oasis_gen.bundle_checks import flag
-from oasis_gen.errors import CheckpointError
-from oasis_gen.files import atomic_path, is_temporary
 from oasis_gen.networks.spec import ModelSpec, read_checkpoint
+from oasis_gen.utils.config_values import flag
+from oasis_gen.utils.errors import CheckpointError
+from oasis_gen.utils.files import atomic_path, is_temporary
 
 logger = logging.getLogger(__name__)
 EPOCH = re.compile(r"=(\d+)\.pt$")

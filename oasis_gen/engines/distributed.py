@@ -21,8 +21,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
-from oasis_gen.errors import ConfigError
-from oasis_gen.files import write_text
+from oasis_gen.utils.errors import ConfigError
+from oasis_gen.utils.files import write_text
 
 logger = logging.getLogger(__name__)
 

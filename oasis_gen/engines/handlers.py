@@ -20,13 +20,9 @@ from monai.handlers import MLFlowHandler
 from torch import nn
 
 from oasis_gen.engines.distributed import all_reduce_sum, rank_zero_decides
-from oasis_gen.errors import CheckpointError
-from oasis_gen.files import write_text
-from oasis_gen.networks.pixelcnn_inferer import VQVAEPixelCNNInferer
+from oasis_gen.inferers.pixelcnn_inferer import VQVAEPixelCNNInferer
 from oasis_gen.networks.vqvae import named_quantizers
-from oasis_gen.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
-from oasis_gen.threads import sampling_threads
-from oasis_gen.tracking import (
+from oasis_gen.tracking.mlflow_store import (
     log_artifact,
     log_datasets,
     log_model,
@@ -35,6 +31,10 @@ from oasis_gen.tracking import (
     run_id_of,
     update_run,
 )
+from oasis_gen.utils.errors import CheckpointError
+from oasis_gen.utils.files import write_text
+from oasis_gen.utils.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
+from oasis_gen.utils.threads import sampling_threads
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,8 @@ class RunRecorder:
         model_name: the logged model's name in the run (not ``model``: the run's ``model/`` artifacts hold the
             checkpoint).
         datasets: the slice records of each split the run trains on, logged as the run's inputs, named by split and
-            data folder (``train:data/demo``) with MLflow's digest (:func:`oasis_gen.tracking.log_datasets`).
+            data folder (``train:data/demo``) with MLflow's digest
+            (:func:`oasis_gen.tracking.mlflow_store.log_datasets`).
         data_root: the data folder of ``datasets``.
 
     The run's experiment is marked as model training (MLflow 3's UI then opens it on its runs).

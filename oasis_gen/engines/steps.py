@@ -13,7 +13,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from oasis_gen.data.transforms import decode_intensity
-from oasis_gen.errors import ConfigError
+from oasis_gen.utils.errors import ConfigError
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -21,12 +21,12 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from tqdm.auto import tqdm
 
 from oasis_gen.data.transforms import decode_intensity, eval_transforms
-from oasis_gen.errors import CheckpointError, ConfigError
-from oasis_gen.files import atomic_path
+from oasis_gen.inferers.pixelcnn_inferer import Codes
 from oasis_gen.networks.pixelcnn import pixelcnn_spec
-from oasis_gen.networks.pixelcnn_inferer import Codes
 from oasis_gen.networks.spec import ModelSpec, checkpoint_sha256, read_checkpoint
 from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae, named_quantizers
+from oasis_gen.utils.errors import CheckpointError, ConfigError
+from oasis_gen.utils.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

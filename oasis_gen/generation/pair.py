@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 import torch
 
-from oasis_gen.bundle_checks import optional
-from oasis_gen.errors import CheckpointError, ConfigError
+from oasis_gen.inferers.pixelcnn_inferer import TwoLevelPrior
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn
-from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior
 from oasis_gen.networks.spec import ModelSpec, checkpoint_sha256, read_checkpoint
 from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae
+from oasis_gen.utils.config_values import optional
+from oasis_gen.utils.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from oasis_gen.data.transforms import decode_intensity, eval_transforms
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.plausibility import plausibility_report
+from oasis_gen.inferers.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer, decode_codes, encode_images
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_inferer import TwoLevelPrior, VQVAEPixelCNNInferer, decode_codes, encode_images
 
 __all__ = ["heldout_nll", "sample_plausibility", "split_slices"]
 

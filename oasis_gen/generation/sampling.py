@@ -1,7 +1,7 @@
 """The generation stage: new slices from a prior and its VQ-VAE, and completions of a region of a real slice.
 
 The networks come as a pair (:func:`oasis_gen.generation.pair.load_pair`), the sampling itself from
-:class:`oasis_gen.networks.pixelcnn_inferer.VQVAEPixelCNNInferer` and :mod:`oasis_gen.networks.pixelcnn_sampling`;
+:class:`oasis_gen.inferers.pixelcnn_inferer.VQVAEPixelCNNInferer` and :mod:`oasis_gen.inferers.pixelcnn_sampling`;
 this module reads the stage's settings (with clear errors), the scan to complete and the region to resample.
 :mod:`oasis_gen.generation.writers` writes the results; ``bundle/configs/sample.yaml`` runs them from the command
 line.
@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from oasis_gen.bundle_checks import optional
-from oasis_gen.errors import ConfigError
+from oasis_gen.inferers.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
+from oasis_gen.inferers.pixelcnn_sampling import check_truncation
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
-from oasis_gen.networks.pixelcnn_sampling import check_truncation
-from oasis_gen.threads import sampling_threads
+from oasis_gen.utils.config_values import optional
+from oasis_gen.utils.errors import ConfigError
+from oasis_gen.utils.threads import sampling_threads
 
 __all__ = ["REGIONS", "complete_scan", "generate", "load_scan", "region_mask"]
 
@@ -267,10 +267,9 @@ def load_scan(path: str | Path, image_size: int) -> torch.Tensor:
     Raises:
         DataError: missing, unreadable or unsupported file.
     """
-    from oasis_gen.bundle_checks import find_user_error
     from oasis_gen.data import decode_intensity, eval_transforms
     from oasis_gen.data.readers import read_volume, resolve_axis, scan_kind
-    from oasis_gen.errors import DataError
+    from oasis_gen.utils.errors import DataError, find_user_error
 
     path = Path(str(path))
     if not path.is_file():

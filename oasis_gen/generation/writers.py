@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from oasis_gen.files import atomic_path, write_text
 from oasis_gen.generation.plausibility import format_report
-from oasis_gen.pictures import code_map_picture, save_png, tile, to_uint8
+from oasis_gen.utils.files import atomic_path, write_text
+from oasis_gen.utils.pictures import code_map_picture, save_png, tile, to_uint8
 
 __all__ = ["Timed", "timed", "timing_metrics", "write_completion", "write_plausibility", "write_samples",
            "write_summary"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from oasis_gen.pictures import code_map_picture, tile, to_uint8
+from oasis_gen.utils.pictures import code_map_picture, tile, to_uint8
 
 __all__ = ["code_map", "comparison", "heat_overlay", "montage", "picture_slices"]
 

@@ -2,12 +2,13 @@
 
 Atypicality is the prior's surprise at each code of a scan: the negative log-likelihood in bits of the code
 actually there, given the codes before it in raster order, from one teacher-forced forward pass of the Gated
-PixelCNN (:meth:`oasis_gen.networks.pixelcnn_inferer.VQVAEPixelCNNInferer.get_likelihood`, the per-code
-definition of :class:`oasis_gen.metrics.CodeNLL`). What is typical is measured the same way on the prior's own
+PixelCNN (:meth:`oasis_gen.inferers.pixelcnn_inferer.VQVAEPixelCNNInferer.get_likelihood`, the per-code
+definition of :class:`oasis_gen.metrics.image_metrics.CodeNLL`).
+What is typical is measured the same way on the prior's own
 validation codes, when its code cache is at hand.
 
 A two-level VQ-VAE (VQ-VAE-2) has a top and a bottom code grid and a prior for each (the bottom one conditioned
-on the top grid, composed as a :class:`~oasis_gen.networks.pixelcnn_inferer.TwoLevelPrior`). Its atypicality
+on the top grid, composed as a :class:`~oasis_gen.inferers.pixelcnn_inferer.TwoLevelPrior`). Its atypicality
 is still one map at the bottom grid: each bottom code's bits given the top grid plus an even share of the bits
 of the top code above it, so a map sums to the slice's total bits (top and bottom) as a single-level one does.
 """
@@ -23,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from oasis_gen.bundle_checks import optional
-from oasis_gen.errors import ConfigError
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
+from oasis_gen.inferers.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer
 from oasis_gen.networks.spec import ModelSpec, file_sha256
 from oasis_gen.networks.vqvae import is_two_level, level_sizes, load_vqvae
+from oasis_gen.utils.config_values import optional
+from oasis_gen.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

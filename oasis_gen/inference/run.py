@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.metrics import PSNRMetric, SSIMMetric
 
-from oasis_gen.bundle_checks import find_user_error
-from oasis_gen.errors import DataError
-from oasis_gen.files import write_text
 from oasis_gen.inference import figures
 from oasis_gen.inference.models import InferenceModels, code_nll_bits, prior_label
 from oasis_gen.inference.scans import ModelView, ScanFile, ScanPlanes, read_planes, scan_labels, volume_labels
 from oasis_gen.inference.writers import save_npy, write_csv, write_reconstruction
-from oasis_gen.pictures import save_png
+from oasis_gen.utils.errors import DataError, find_user_error
+from oasis_gen.utils.files import write_text
+from oasis_gen.utils.pictures import save_png
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from oasis_gen.data.readers import (
     volume_stem,
 )
 from oasis_gen.data.transforms import EncodeIntensity, decode_intensity, model_geometry
-from oasis_gen.errors import ConfigError, DataError
 from oasis_gen.generation.codes import slice_labels
+from oasis_gen.utils.errors import ConfigError, DataError
 
 __all__ = ["ModelView", "ScanFile", "ScanPlanes", "find_inputs", "list_files", "read_planes", "scan_labels",
            "volume_labels"]

@@ -22,9 +22,9 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from oasis_gen.files import TEMPORARY_SUFFIX, atomic_path, write_text
 from oasis_gen.inference.scans import ScanPlanes
-from oasis_gen.pictures import save_png, to_uint8
+from oasis_gen.utils.files import TEMPORARY_SUFFIX, atomic_path, write_text
+from oasis_gen.utils.pictures import save_png, to_uint8
 
 __all__ = ["reconstruction_name", "save_npy", "write_csv", "write_reconstruction", "write_volume"]
 

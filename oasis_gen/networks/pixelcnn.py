@@ -25,7 +25,7 @@ no blind spot.
 Every layer can also be evaluated at a single row (vertical stack) or a single position (horizontal stack)
 from cached inputs, see :meth:`GatedPixelCNNLayer.vertical_step` and
 :meth:`GatedPixelCNNLayer.horizontal_step`; the fast sampler in
-:mod:`oasis_gen.networks.pixelcnn_sampling` is built on them.
+:mod:`oasis_gen.inferers.pixelcnn_sampling` is built on them.
 
 Two kinds of conditioning enter every layer as biases of the gate pre-activations of both stacks: a class label
 (``num_classes``: one bias per class) and, for the bottom prior of a two-level VQ-VAE, a spatial grid of codes

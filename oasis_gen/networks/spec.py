@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from oasis_gen.errors import CheckpointError
+from oasis_gen.utils.errors import CheckpointError
 
 
 class ModelSpec:

@@ -10,10 +10,10 @@ import torch
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 from monai.networks.nets import VQVAE
 
-from oasis_gen.errors import ConfigError
 from oasis_gen.networks.quantizer import quantizer_copy
 from oasis_gen.networks.spec import ModelSpec, load_network, read_network_checkpoint
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
+from oasis_gen.utils.errors import ConfigError
 
 # the code levels of a two-level VQ-VAE, coarse to fine; a single-level one has only "bottom"
 LEVELS = ("top", "bottom")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oasis_gen.files import atomic_path
+from oasis_gen.utils.files import atomic_path
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from oasis_gen.errors import ConfigError, OasisGenError
+from oasis_gen.utils.errors import ConfigError, OasisGenError
 
 DEFAULT_DEMO_DIR = "data/demo"
 
@@ -152,7 +152,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Run the command's bundle config with the options given as overrides; return the bundle's exit code."""
-    from oasis_gen.bundles import config_path, override_args, run_bundle
+    from oasis_gen.bundle.configs import config_path, override_args, run_bundle
 
     command: BundleCommand = args.bundle_command
     configs = [config_path(command.config)] + [config_path(name, "--config") for name in args.config or []]
@@ -163,7 +163,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
     """Train the prior; for a two-level VQ-VAE given neither level nor top prior: the top prior, then the bottom."""
-    from oasis_gen.bundles import config_path, override_args, run_bundle
+    from oasis_gen.bundle.configs import config_path, override_args, run_bundle
     from oasis_gen.generation.codes import two_level_checkpoint
 
     command: BundleCommand = args.bundle_command
@@ -190,8 +190,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     """Run a pipeline file; exit 1 when a stage fails (its error line is printed)."""
-    from oasis_gen.pipeline import default_pipeline, load_pipeline
-    from oasis_gen.pipeline_runner import StageFailed, run_pipeline
+    from oasis_gen.commands.pipeline import default_pipeline, load_pipeline
+    from oasis_gen.commands.pipeline_runner import StageFailed, run_pipeline
 
     pipeline = load_pipeline(args.file or default_pipeline(), args.set or [])
     force = True if args.force == [] else (args.force or False)
@@ -208,7 +208,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 def cmd_bundle_export(args: argparse.Namespace) -> int:
     """Write a trained VQ-VAE (and its priors) as a MONAI bundle folder and zip."""
-    from oasis_gen.export import export_bundle
+    from oasis_gen.bundle.export import export_bundle
 
     out = export_bundle(args.out, args.vqvae_ckpt, args.prior_ckpt, args.top_prior_ckpt, name=args.name,
                         zip_file=not args.no_zip)
@@ -220,7 +220,7 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI on the project's store until interrupted."""
-    from oasis_gen.ui import start_mlflow_ui, stop_mlflow_ui
+    from oasis_gen.commands.ui import start_mlflow_ui, stop_mlflow_ui
 
     print(f"starting the MLflow UI on {args.store or os.environ.get('MLFLOW_TRACKING_URI') or 'mlruns'} ...",
           flush=True)
@@ -246,8 +246,8 @@ def _experiment_links(store: str | None, experiment: str, url: str) -> list[str]
     """The link to an experiment's runs in the UI at url (marked as model training, so the UI opens on its runs)."""
     from mlflow import MlflowClient
 
-    from oasis_gen.tracking import experiment_runs_url, mark_model_training
-    from oasis_gen.ui import existing_store_uri
+    from oasis_gen.commands.ui import existing_store_uri
+    from oasis_gen.tracking.mlflow_store import experiment_runs_url, mark_model_training
 
     client = MlflowClient(existing_store_uri(store))
     found = client.get_experiment_by_name(experiment)

@@ -7,22 +7,10 @@ import difflib
 import os
 import sys
 from types import TracebackType
-from typing import Any
 
-from oasis_gen.errors import ConfigError, OasisGenError
+from oasis_gen.utils.errors import ConfigError, find_user_error
 
 _installed = False
-
-
-def find_user_error(error: BaseException | None) -> OasisGenError | None:
-    """The oasis-gen error at the root of an exception chain (MONAI wraps config errors in RuntimeErrors)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OasisGenError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
@@ -40,28 +28,6 @@ def install_error_hook() -> None:
         sys.excepthook = _hook
         _installed = True
 
-
-def flag(value: object, key: str = "flag") -> bool:
-    """Read a yes/no setting given on the command line as true/false/yes/no/1/0 (fire passes "false" as text)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", "none", ""):
-        return False
-    raise ConfigError(key, f"expected true or false, not {value!r}")
-
-
-
-_NULLS = ("", "none", "null")
-
-
-def optional(value: Any) -> Any:
-    """``None`` for an unset command-line value (``null``, ``None`` or empty text), else the value."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
-        return None
-    return value
 
 # arguments of `python -m monai.bundle run` itself, not config keys
 RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "run_id", "init_id", "final_id"}

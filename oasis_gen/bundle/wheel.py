@@ -16,7 +16,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 import oasis_gen
-from oasis_gen.errors import ConfigError
+from oasis_gen.utils.errors import ConfigError
 
 PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import oasis_gen
-from oasis_gen.files import write_text
+from oasis_gen.utils.files import write_text
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 import oasis_gen
-from oasis_gen.errors import ConfigError
+from oasis_gen.utils.errors import ConfigError
 
 __all__ = ["bundle_command", "config_keys", "config_path", "configs_dir", "override_args", "override_text",
            "run_bundle", "stop"]

@@ -3,7 +3,7 @@
 Shaped like MONAI's :class:`monai.inferers.VQVAETransformerInferer`, with the PixelCNN in place of the
 transformer: the code grid is kept 2D (the network is convolutional, raster order is built in), so no
 ``Ordering`` and no begin-of-sequence token are needed, and sampling uses the incremental sampler of
-:mod:`oasis_gen.networks.pixelcnn_sampling`.
+:mod:`oasis_gen.inferers.pixelcnn_sampling`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
+from oasis_gen.inferers.pixelcnn_sampling import complete_codes, evaluating, sample_codes
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-from oasis_gen.networks.pixelcnn_sampling import complete_codes, evaluating, sample_codes
 from oasis_gen.networks.vqvae import named_quantizers
 
 __all__ = [

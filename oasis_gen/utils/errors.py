@@ -34,3 +34,14 @@ class CheckpointError(OasisGenError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def find_user_error(error: BaseException | None) -> OasisGenError | None:
+    """The oasis-gen error at the root of an exception chain (MONAI wraps config errors in RuntimeErrors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OasisGenError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

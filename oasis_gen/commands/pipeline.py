@@ -20,7 +20,7 @@ A pipeline file (``pipelines/demo.yaml`` is the embedded default)::
         outputs: ["${runs_dir}/vqvae/checkpoints/model.pt"]
       bundle:
         bundle_export: {out_dir: "${runs_dir}/bundle", vqvae_ckpt: "${runs_dir}/vqvae/checkpoints/model.pt"}
-        needs: [vqvae]           # arguments of oasis_gen.export.bundle.export_bundle (replace: true by default)
+        needs: [vqvae]           # arguments of oasis_gen.bundle.export.export_bundle (replace: true by default)
         outputs: ["${runs_dir}/bundle/configs/inference.yaml"]
     summary: |                   # printed after a successful run
       pictures in ${runs_dir}/vqvae/pictures
@@ -46,9 +46,9 @@ from typing import Any
 import yaml
 
 import oasis_gen
-from oasis_gen.bundles import config_keys, config_path, configs_dir
-from oasis_gen.errors import ConfigError
-from oasis_gen.tracking import DEFAULT_STORE, TRACKING_URI_ENV
+from oasis_gen.bundle.configs import config_keys, config_path, configs_dir
+from oasis_gen.tracking.mlflow_store import DEFAULT_STORE, TRACKING_URI_ENV
+from oasis_gen.utils.errors import ConfigError
 
 __all__ = ["MISSING", "Pipeline", "PipelineError", "Stage", "default_pipeline", "load_pipeline"]
 
@@ -60,7 +60,7 @@ PIPELINE_KEYS = ("name", "description", "variables", "stages", "summary", "show"
 # stages that call one of the project's functions in this process: the stage key -> (module, function); each
 # needs an out_dir argument
 BUILDERS = {"demo_cohort": ("oasis_gen.data.demo", "build_demo_cohort"),
-            "bundle_export": ("oasis_gen.export.bundle", "export_bundle")}
+            "bundle_export": ("oasis_gen.bundle.export", "export_bundle")}
 # arguments a builder stage gets unless it sets them: a pipeline that runs again replaces its exported bundle
 BUILDER_DEFAULTS = {"bundle_export": {"replace": True}}
 STAGE_KEYS = ("description", "config", "run", "overrides", "needs", "outputs", *BUILDERS)

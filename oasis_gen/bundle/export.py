@@ -33,13 +33,13 @@ import torch
 from monai.networks.utils import convert_to_torchscript
 
 import oasis_gen
-from oasis_gen.bundles import configs_dir
-from oasis_gen.errors import ConfigError
-from oasis_gen.export.wheel import build_wheel, installed_requirements
-from oasis_gen.files import write_text
+from oasis_gen.bundle.configs import configs_dir
+from oasis_gen.bundle.wheel import build_wheel, installed_requirements
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.networks.spec import ModelSpec, file_sha256
 from oasis_gen.networks.vqvae import VQVAEReconstruction, is_two_level, load_vqvae
+from oasis_gen.utils.errors import ConfigError
+from oasis_gen.utils.files import write_text
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ and keeps the others exactly. Each resampled position is conditioned on everythi
 -- the rows above and the codes to its left, whether given or resampled -- which is the PixelCNN's causal
 context: codes below or to the right of a position (even if given) cannot inform it.
 
-Images come in and go out through :class:`oasis_gen.networks.pixelcnn_inferer.VQVAEPixelCNNInferer`.
+Images come in and go out through :class:`oasis_gen.inferers.pixelcnn_inferer.VQVAEPixelCNNInferer`.
 """
 
 from __future__ import annotations

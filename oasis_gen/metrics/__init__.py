@@ -1,0 +1,1 @@
+"""Metrics of codes and images: code NLL and accuracy, FID and MMD, diversity, texture, and plausibility."""

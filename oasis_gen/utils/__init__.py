@@ -1,0 +1,1 @@
+"""Small shared pieces: typed errors, atomic files, worker threads, picture tiling, config values."""
