@@ -49,6 +49,7 @@ import oasis_gen
 from oasis_gen.bundle.configs import config_keys, config_path, configs_dir
 from oasis_gen.tracking.mlflow_store import DEFAULT_STORE, TRACKING_URI_ENV
 from oasis_gen.utils.errors import ConfigError
+from oasis_gen.utils.plain import plain
 
 __all__ = ["MISSING", "Pipeline", "PipelineError", "Stage", "default_pipeline", "load_pipeline"]
 
@@ -99,8 +100,8 @@ class Stage:
     def definition(self) -> dict[str, Any]:
         """The resolved stage as plain values (what is recorded and fingerprinted, with the configs' contents)."""
         if self.builder is not None:
-            return {self.builder: _plain(self.arguments)}
-        return {"config": [str(c) for c in self.configs], "run": self.run_id, "overrides": _plain(self.overrides)}
+            return {self.builder: plain(self.arguments)}
+        return {"config": [str(c) for c in self.configs], "run": self.run_id, "overrides": plain(self.overrides)}
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Pipeline:
 
     def resolved(self) -> dict[str, Any]:
         """The pipeline with its variables resolved, as plain values (logged with the pipeline's run)."""
-        return {"name": self.name, "file": str(self.path), "variables": _plain(self.variables),
+        return {"name": self.name, "file": str(self.path), "variables": plain(self.variables),
                 "stages": {name: {**s.definition(), "needs": s.needs, "outputs": [str(o) for o in s.outputs]}
                            for name, s in self.stages.items()}}
 
@@ -356,14 +357,3 @@ def _check_builder_arguments(path: Path, key: str, builder: str, arguments: Mapp
                                 + _hint(str(name), list(parameters)))
     if "out_dir" not in arguments:
         raise PipelineError(path, f"{key}.{builder}.out_dir", f"missing: the folder {function} writes")
-
-
-def _plain(value: Any) -> Any:
-    """Paths and tuples as YAML/JSON-safe values."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

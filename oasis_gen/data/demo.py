@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
 from oasis_gen import __version__
@@ -492,8 +493,7 @@ def _make_subject(
 
 def _plain(data: Any) -> torch.Tensor:
     """A plain float32 tensor: MONAI returns MetaTensors, whose bookkeeping only slows the arithmetic down."""
-    data = data.as_tensor() if hasattr(data, "as_tensor") else torch.as_tensor(data)
-    return data.float()
+    return convert_to_tensor(data, track_meta=False).float()
 
 
 def _slice_positions(brain: torch.Tensor, count: int) -> np.ndarray:

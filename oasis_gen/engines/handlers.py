@@ -34,6 +34,7 @@ from oasis_gen.tracking.mlflow_store import (
 from oasis_gen.utils.errors import CheckpointError
 from oasis_gen.utils.files import write_text
 from oasis_gen.utils.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
+from oasis_gen.utils.plain import plain
 from oasis_gen.utils.threads import sampling_threads
 
 logger = logging.getLogger(__name__)
@@ -420,7 +421,7 @@ class RunRecorder:
 
     def _start(self, engine: Engine) -> None:
         config_file = write_text(self.output_dir / "config.yaml",
-                                        yaml.safe_dump(_plain(self.config), sort_keys=False))
+                                        yaml.safe_dump(plain(self.config), sort_keys=False))
         run_id = self.run_id = run_id_of(self.run_handler)
         if run_id is None:
             return
@@ -447,19 +448,6 @@ class RunRecorder:
             version = f" as {self.registered_model_name} version {info.registered_model_version}" \
                 if self.registered_model_name else ""
             logger.info("logged the trained network as an MLflow model (%s)%s", info.model_uri, version)
-
-
-def _plain(value: Any) -> Any:
-    """Turn tuples, paths, tensors and numpy values into plain YAML-safe values."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (np.generic, torch.Tensor)) and np.size(value) == 1:
-        return value.item()
-    return str(value)
 
 
 class PerImageMetrics:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import DataLoader, Dataset, MetaTensor
+from monai.data import DataLoader, Dataset
+from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
 from oasis_gen.data.transforms import decode_intensity, eval_transforms
@@ -83,9 +84,9 @@ def encode_codes(
         with torch.no_grad():
             for batch in tqdm(loader, desc="encoding slices", unit="batch", disable=not progress):
                 images = batch["image"]
-                if isinstance(images, MetaTensor):  # plain tensors: the cache must load with weights_only
-                    images = images.as_tensor()
-                codes = vqvae.index_quantize(decode_intensity(torch.as_tensor(images).to(device)))
+                # plain tensors: the cache must load with weights_only
+                images = convert_to_tensor(images, track_meta=False)
+                codes = vqvae.index_quantize(decode_intensity(images.to(device)))
                 if isinstance(codes, tuple):
                     grids.append((_plain(codes[0], dtypes["top"]), _plain(codes[1], dtypes[""])))
                 else:

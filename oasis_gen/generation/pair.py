@@ -91,16 +91,14 @@ class ModelPair:
         described = {
             "prior_ckpt": str(self.prior_path), "vqvae_ckpt": str(self.vqvae_path),
             "vqvae_hash_matches": self.vqvae_hash_matches,
-            "prior": _architecture(self.prior_spec),
+            "prior": self.prior_spec.architecture(),
             "vqvae": self.vqvae_spec.state_dict(),
         }
         if self.top_prior_spec is not None:
-            described.update(top_prior_ckpt=str(self.top_prior_path), top_prior=_architecture(self.top_prior_spec))
+            described.update(top_prior_ckpt=str(self.top_prior_path), top_prior=self.top_prior_spec.architecture())
         return described
 
 
-def _architecture(spec: ModelSpec) -> dict[str, Any]:
-    return {k: v for k, v in spec.state_dict().items() if k not in ("vqvae_checkpoint", "top_prior_checkpoint")}
 
 
 def _values(spec: ModelSpec | Mapping[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from oasis_gen.metrics.image_metrics import ms_ssim_diversity, spectrum_distance
@@ -94,7 +95,7 @@ _MEAN_NAMES = {"one_region": "one_region_share", "area": "area", "mirror_iou": "
 
 def _images(images: Any, name: str = "images") -> torch.Tensor:
     """A plain float32 CPU tensor ``[N, 1, H, W]``, or ValueError naming the argument."""
-    data = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
+    data = convert_to_tensor(images, track_meta=False)
     if data.dim() != 4 or data.shape[1] != 1 or data.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty tensor [N, 1, H, W], got {tuple(data.shape)}")
     return data.detach().float().cpu()

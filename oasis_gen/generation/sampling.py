@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.utils import convert_to_tensor
 
 from oasis_gen.inferers.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
 from oasis_gen.inferers.pixelcnn_sampling import check_truncation
@@ -290,5 +291,5 @@ def load_scan(path: str | Path, image_size: int) -> torch.Tensor:
         if user_error is not None:
             raise user_error from None
         raise
-    image = decode_intensity(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
+    image = decode_intensity(convert_to_tensor(image, track_meta=False))
     return image.reshape(1, int(image_size), int(image_size))

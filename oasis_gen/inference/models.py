@@ -86,15 +86,13 @@ class InferenceModels:
         described: dict[str, Any] = {"vqvae_ckpt": str(self.vqvae_path), "vqvae": self.vqvae_spec.state_dict(),
                                      "prior_ckpt": str(self.prior_path) if self.prior_path else None}
         if self.prior_spec is not None:
-            described["prior"] = _architecture(self.prior_spec)
+            described["prior"] = self.prior_spec.architecture()
         if self.top_prior_spec is not None:  # only two-level runs get these keys: single-level ones stay as they were
             described["top_prior_ckpt"] = str(self.top_prior_path)
-            described["top_prior"] = _architecture(self.top_prior_spec)
+            described["top_prior"] = self.top_prior_spec.architecture()
         return described
 
 
-def _architecture(spec: ModelSpec) -> dict[str, Any]:
-    return {k: v for k, v in spec.state_dict().items() if k not in ("vqvae_checkpoint", "top_prior_checkpoint")}
 
 
 def load_inference_models(

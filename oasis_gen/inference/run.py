@@ -35,6 +35,7 @@ from oasis_gen.inference.writers import save_npy, write_csv, write_reconstructio
 from oasis_gen.utils.errors import DataError, find_user_error
 from oasis_gen.utils.files import write_text
 from oasis_gen.utils.pictures import save_png
+from oasis_gen.utils.plain import plain
 
 logger = logging.getLogger(__name__)
 
@@ -349,16 +350,6 @@ def _write_scan(settings: ScanInference, planes: ScanPlanes, inputs: torch.Tenso
                       comparison=str(folder / "comparison.png"))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-
 def write_summary(inference_dir: str | Path, report: InferenceReport, settings: Mapping[str, Any]
                   ) -> dict[str, Any]:
     """
@@ -372,8 +363,8 @@ def write_summary(inference_dir: str | Path, report: InferenceReport, settings: 
     rows = [{k: v for k, v in asdict(r).items() if k in SUMMARY_COLUMNS} for r in report.results]
     metrics = report.metrics()
     table = write_csv(folder / "summary.csv", rows, SUMMARY_COLUMNS)
-    document = {"settings": _plain(settings), "metrics": _plain(metrics), "typical": _plain(report.typical),
-                "scans": _plain(rows)}
+    document = {"settings": plain(settings), "metrics": plain(metrics), "typical": plain(report.typical),
+                "scans": plain(rows)}
     summary = write_text(folder / "summary.json", json.dumps(document, indent=2) + "\n")
     return {"csv": table, "json": summary, "metrics": metrics}
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
+from oasis_gen.utils.config_values import check_positive_int
 
 __all__ = [
     "IncrementalState", "check_truncation", "complete_codes", "evaluating", "incremental_logits", "sample_codes",
@@ -90,7 +91,7 @@ class IncrementalState:
         labels: torch.Tensor | int | None = None,
         cond: torch.Tensor | None = None,
     ) -> None:
-        _check_positive_int("num_samples", num_samples)
+        check_positive_int("num_samples", num_samples)
         self.model = model
         self.num_samples = num_samples
         self.height, self.width = _check_grid(grid)
@@ -408,7 +409,7 @@ def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator |
 def check_truncation(top_k: int | None = None, top_p: float | None = None) -> tuple[int | None, float | None]:
     """Validate the truncation of sampling: ``top_k`` an integer >= 1 or None, ``top_p`` in (0, 1] or None."""
     if top_k is not None:
-        _check_positive_int("top_k", top_k)
+        check_positive_int("top_k", top_k)
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
@@ -432,7 +433,7 @@ def _prepare(
         region to sample ``[N, H, W]`` (all ``True`` without completion), and the positions in raster order
         where at least one grid is to be sampled.
     """
-    _check_positive_int("num_samples", num_samples)
+    check_positive_int("num_samples", num_samples)
     height, width = _check_grid(grid)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
@@ -463,11 +464,6 @@ def _prepare(
         mask = region.to(device).expand(shape)
     active = [(int(i), int(j)) for i, j in mask.any(dim=0).nonzero().tolist()]
     return codes, mask, active
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:

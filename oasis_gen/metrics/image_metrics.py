@@ -8,14 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.metrics import CumulativeIterationMetric
+from monai.utils import convert_to_tensor
 
 # ------------------------------------------------------------------ code metrics
 # how well a prior predicts held-out codes
-
-
-def _code_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """A MetaTensor as a plain tensor (the metrics need no meta data)."""
-    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
 class _CodeMetric(CumulativeIterationMetric):
@@ -30,7 +26,7 @@ class _CodeMetric(CumulativeIterationMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         if y is None:
             raise ValueError(f"{type(self).__name__} needs the true codes (y)")
-        logits, codes = _code_tensor(y_pred).float(), _code_tensor(y)
+        logits, codes = convert_to_tensor(y_pred, track_meta=False).float(), convert_to_tensor(y, track_meta=False)
         if codes.dim() == logits.dim():  # [B, 1, H, W]
             codes = codes.squeeze(1)
         if logits.dim() != 4 or codes.shape != (logits.shape[0], *logits.shape[2:]):
@@ -82,11 +78,6 @@ class CodeAccuracy(_CodeMetric):
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """A MetaTensor as a plain tensor."""
-    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
-
-
 def encoder_features(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """One feature vector per image from the VQ-VAE's encoder: its output ``[B, D, h, w]`` (before quantization)
     average- and max-pooled over the grid, ``[B, 2 * D]`` float64 on the CPU.
@@ -103,7 +94,8 @@ def encoder_features(vqvae: torch.nn.Module, images: torch.Tensor, batch_size: i
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
-                z = vqvae.encode(_plain(images[start:start + batch_size]).to(device).float())
+                batch = convert_to_tensor(images[start:start + batch_size], track_meta=False)
+                z = vqvae.encode(batch.to(device).float())
                 features.append(torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1).double().cpu())
     finally:
         vqvae.train(was_training)
@@ -213,7 +205,7 @@ def ms_ssim_diversity(images: torch.Tensor, scales: int = 3, kernel_size: int = 
     """
     from monai.metrics import MultiScaleSSIMMetric
 
-    images = _plain(torch.as_tensor(images)).float().clamp(0.0, 1.0)
+    images = convert_to_tensor(images, track_meta=False).float().clamp(0.0, 1.0)
     if images.dim() != 4 or images.shape[0] < 2:
         raise ValueError(f"need at least 2 images [N, C, H, W], got {tuple(images.shape)}")
     count, kernel = ms_ssim_settings(min(images.shape[-2:]), scales, kernel_size)
@@ -232,7 +224,7 @@ def ms_ssim_diversity(images: torch.Tensor, scales: int = 3, kernel_size: int = 
 def radial_power_spectrum(images: torch.Tensor) -> torch.Tensor:
     """The mean radially averaged power spectrum of a set of slices ``[N, 1, H, W]``: one power per integer radial
     frequency ``0 .. min(H, W) // 2`` (cycles per image side), averaged over the set."""
-    images = _plain(torch.as_tensor(images)).float()
+    images = convert_to_tensor(images, track_meta=False).float()
     if images.dim() != 4 or images.shape[0] < 1:
         raise ValueError(f"need images [N, C, H, W], got {tuple(images.shape)}")
     height, width = images.shape[-2:]

@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oasis_gen.networks.spec import ModelSpec, load_network
+from oasis_gen.utils.config_values import check_positive_int
 
 __all__ = ["ConditioningStack", "GatedPixelCNN", "GatedPixelCNNLayer", "PixelCNNOutputHead"]
 
@@ -389,20 +390,20 @@ class GatedPixelCNN(nn.Module):
         cond_layers: int = 0,
     ) -> None:
         super().__init__()
-        _check_positive_int("num_embeddings", num_embeddings)
-        _check_positive_int("channels", channels)
-        _check_positive_int("num_layers", num_layers)
+        check_positive_int("num_embeddings", num_embeddings)
+        check_positive_int("channels", channels)
+        check_positive_int("num_layers", num_layers)
         _check_kernel_size(kernel_size)
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
+            check_positive_int("num_classes", num_classes)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if out_channels_hidden is None:
             out_channels_hidden = 2 * channels
-        _check_positive_int("out_channels_hidden", out_channels_hidden)
+        check_positive_int("out_channels_hidden", out_channels_hidden)
         if cond_num_embeddings is not None:
-            _check_positive_int("cond_num_embeddings", cond_num_embeddings)
-        _check_positive_int("cond_factor", cond_factor)
+            check_positive_int("cond_num_embeddings", cond_num_embeddings)
+        check_positive_int("cond_factor", cond_factor)
         if isinstance(cond_layers, bool) or not isinstance(cond_layers, int) or cond_layers < 0:
             raise ValueError(f"cond_layers must be an integer >= 0, got {cond_layers!r}")
 
@@ -598,11 +599,6 @@ class GatedPixelCNN(nn.Module):
             skip = layer_skip if skip is None else skip + layer_skip
         assert skip is not None  # num_layers >= 1
         return self.head(skip)
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _check_kernel_size(kernel_size: int) -> None:

@@ -25,6 +25,10 @@ class ModelSpec:
     def state_dict(self) -> dict[str, Any]:
         return dict(self.values)
 
+    def architecture(self) -> dict[str, Any]:
+        """The network's settings without the checkpoints it links to (what two specs compare and summaries show)."""
+        return {k: v for k, v in self.values.items() if k not in ("vqvae_checkpoint", "top_prior_checkpoint")}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.values = dict(state)
 

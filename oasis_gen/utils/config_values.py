@@ -28,3 +28,9 @@ def optional(value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
         return None
     return value
+
+
+def check_positive_int(name: str, value: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer of at least 1 (``True`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
