@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import oasis_gen
-from oasis_gen.data import demo
+from oasis_gen.data import demo, demo_subjects
 from oasis_gen.data.demo import MANIFEST_NAME, SPLIT_DIRS, SPLITS, build_demo_cohort
 from oasis_gen.utils.pictures import save_png
 
@@ -203,19 +203,19 @@ def test_incomplete_cohort_is_rebuilt(tmp_path: Path) -> None:
 
 def test_crash_mid_build_leaves_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build_demo_cohort(tmp_path, **TINY)
-    real = demo._make_subject
+    real = demo_subjects.make_subject
 
     def crash_on_third(*args: object, **kwargs: object) -> list[np.ndarray]:
         if args[4] == 3:
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "_make_subject", crash_on_third)
+    monkeypatch.setattr(demo_subjects, "make_subject", crash_on_third)
     with pytest.raises(RuntimeError, match="killed"):
         build_demo_cohort(tmp_path, **{**TINY, "seed": 5})
     # The old manifest must not vouch for a tree that is now half seed 0, half seed 5 ...
     assert not (tmp_path / MANIFEST_NAME).exists()
-    monkeypatch.setattr(demo, "_make_subject", real)
+    monkeypatch.setattr(demo_subjects, "make_subject", real)
     # ... so asking for seed 0 again rebuilds it, identical to a fresh build.
     build_demo_cohort(tmp_path, **TINY)
     build_demo_cohort(tmp_path / "fresh", **TINY)
