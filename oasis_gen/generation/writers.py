@@ -17,6 +17,7 @@ import torch
 from oasis_gen.generation.plausibility import format_report
 from oasis_gen.utils.files import atomic_path, write_text
 from oasis_gen.utils.pictures import code_map_picture, save_png, tile, to_uint8
+from oasis_gen.utils.plain import plain
 
 __all__ = ["Timed", "timed", "timing_metrics", "write_completion", "write_plausibility", "write_samples",
            "write_summary"]
@@ -171,13 +172,6 @@ def timing_metrics(samples: Timed, completion: Timed | None = None) -> dict[str,
 
 def write_summary(out_dir: str | Path, settings: Mapping[str, Any], metrics: Mapping[str, float]) -> Path:
     """Write ``summary.json`` (what ran and how fast) beside the samples, atomically."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
     summary = {"settings": plain(settings), "metrics": {k: round(float(v), 6) for k, v in metrics.items()}}
     path = write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     logger.info("results in %s (grid.png, summary.json); %s", Path(out_dir),
