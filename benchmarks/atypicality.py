@@ -10,7 +10,7 @@ Takes one split (default: test) of the dataset, pastes a bright square patch (``
 to the VQ-VAE's size; intensity ``--patch-intensity``) at a random position inside the brain into a seeded
 random half of the slices, and scores every slice with the score bundle inference gives a slice
 (``atypicality_bits``: the mean over its codes of the prior's bits, from
-:func:`oasis_gen.inference.run.run_networks`; for one slice that is its total NLL bits over the number of
+:func:`oasis_gen.inference.inferer.run_networks`; for one slice that is its total NLL bits over the number of
 codes, so the ranking is that of the total bits). Reports:
 
 * the AUROC of that score, patched (positive) vs clean;
@@ -41,8 +41,8 @@ from oasis_gen.data import check_dataset
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.generation.reference import split_slices
+from oasis_gen.inference.inferer import run_networks
 from oasis_gen.inference.models import InferenceModels
-from oasis_gen.inference.run import run_networks
 from oasis_gen.utils.errors import OasisGenError
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"

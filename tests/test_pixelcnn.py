@@ -8,15 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from oasis_gen.inferers.pixelcnn_incremental import IncrementalState, incremental_logits
 from oasis_gen.inferers.pixelcnn_inferer import VQVAEPixelCNNInferer, decode_codes, encode_images
-from oasis_gen.inferers.pixelcnn_sampling import (
-    IncrementalState,
-    complete_codes,
-    incremental_logits,
-    sample_codes,
-    sample_codes_naive,
-    truncate_logits,
-)
+from oasis_gen.inferers.pixelcnn_sampling import complete_codes, sample_codes, sample_codes_naive
+from oasis_gen.inferers.pixelcnn_truncation import truncate_logits
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec
 

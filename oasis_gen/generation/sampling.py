@@ -20,7 +20,7 @@ import torch
 from monai.utils import convert_to_tensor
 
 from oasis_gen.inferers.pixelcnn_inferer import Codes, TwoLevelPrior, VQVAEPixelCNNInferer, encode_images
-from oasis_gen.inferers.pixelcnn_sampling import check_truncation
+from oasis_gen.inferers.pixelcnn_truncation import check_truncation
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.utils.config_values import optional
 from oasis_gen.utils.errors import ConfigError

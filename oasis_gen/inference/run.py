@@ -1,4 +1,6 @@
-"""Inference over a set of scans: batched passes through the networks, each scan's outputs, the summary.
+"""The loop of inference over a set of scans (the evaluator's iteration): groups of scans, their planes through
+the networks together (:mod:`oasis_gen.inference.inferer`), each scan's outputs as soon as it is done; the
+report and summary of the run are :mod:`oasis_gen.inference.report`'s.
 
 Per scan, into ``<inference_dir>/<scan name>/``: the reconstruction in the input's format
 (:mod:`oasis_gen.inference.writers`), ``codes.npy`` / ``codes.png``, ``metrics.csv`` (per plane: SSIM and PSNR
@@ -13,147 +15,30 @@ earlier outputs survive.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer
-from monai.metrics import PSNRMetric, SSIMMetric
 
 from oasis_gen.inference import figures
-from oasis_gen.inference.models import InferenceModels, code_nll_bits, prior_label
+from oasis_gen.inference.inferer import CodesInferer, NetworkOutputs, run_networks
+from oasis_gen.inference.models import InferenceModels, prior_label
+from oasis_gen.inference.report import InferenceReport, ScanResult
 from oasis_gen.inference.scans import ModelView, ScanFile, ScanPlanes, read_planes, scan_labels, volume_labels
 from oasis_gen.inference.writers import save_npy, write_csv, write_reconstruction
 from oasis_gen.utils.errors import DataError, find_user_error
-from oasis_gen.utils.files import write_text
 from oasis_gen.utils.pictures import save_png
-from oasis_gen.utils.plain import plain
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodesInferer", "InferenceReport", "NetworkOutputs", "ScanInference", "ScanResult", "check_report",
-           "run_artifacts", "run_networks", "scan_groups", "write_summary"]
+__all__ = ["ScanInference", "scan_groups"]
 
-SUMMARY_COLUMNS = ("scan", "input", "kind", "slices", "ssim_mean", "psnr_mean", "atypicality_bits", "status",
-                   "problem")
 SLICE_COLUMNS = ("slice", "scored", "ssim", "psnr", "bits_per_code")
-
-
-@dataclass
-class ScanResult:
-    """What became of one scan: its scores, or why it was skipped."""
-
-    scan: str
-    input: str
-    kind: str
-    slices: int | None = None
-    ssim_mean: float | None = None
-    psnr_mean: float | None = None
-    atypicality_bits: float | None = None
-    status: str = "ok"
-    problem: str = ""
-    output_dir: str | None = None
-    comparison: str | None = None
-
-
-@dataclass
-class InferenceReport:
-    """Every scan's result, in input order, and how long the work took."""
-
-    results: list[ScanResult]
-    seconds: float
-    slices: int = 0
-    typical: dict[str, Any] | None = field(default=None)
-
-    @property
-    def done(self) -> list[ScanResult]:
-        """The scans that finished."""
-        return [r for r in self.results if r.status == "ok"]
-
-    @property
-    def failed(self) -> list[ScanResult]:
-        """The scans that were skipped."""
-        return [r for r in self.results if r.status != "ok"]
-
-    def metrics(self) -> dict[str, float]:
-        """Run-level figures: counts, means over the finished scans (each scan counts once), speed."""
-        metrics = {"scans": float(len(self.results)), "scans_done": float(len(self.done)),
-                   "scans_failed": float(len(self.failed)), "slices": float(self.slices),
-                   "seconds": self.seconds, "slices_per_second": self.slices / max(self.seconds, 1e-9)}
-        for name in ("ssim_mean", "psnr_mean", "atypicality_bits"):
-            values = [getattr(r, name) for r in self.done if getattr(r, name) is not None]
-            values = [v for v in values if math.isfinite(v)]
-            if values:
-                metrics[name] = float(np.mean(values))
-        if self.typical:
-            metrics["typical_bits"] = float(self.typical["bits_mean"])
-        return metrics
-
-
-@dataclass
-class NetworkOutputs:
-    """The networks' results for a batch of planes (on the CPU)."""
-
-    reconstructions: torch.Tensor  # [N, 1, size, size] in [0, 1]
-    codes: torch.Tensor  # [N, h, w] int64 (the bottom codes of a two-level VQ-VAE)
-    ssim: torch.Tensor  # [N]
-    psnr: torch.Tensor  # [N]
-    bits: torch.Tensor | None  # [N, h, w] bits per code, with a prior
-    top_codes: torch.Tensor | None = None  # [N, t, t] int64, two-level VQ-VAE only
-
-
-class CodesInferer(Inferer):
-    """
-    A VQ-VAE's view of planes ``[N, 1, size, size]``: encoded, quantized and decoded in batches of ``batch_size``
-    (both levels of a two-level VQ-VAE), with mixed precision on CUDA when ``amp``.
-
-    Returns ``{"reconstructions": [N, 1, size, size] in [0, 1], "codes": [N, h, w] int64 (the bottom codes),
-    "top_codes": [N, t, t] int64 or None}`` on the CPU.
-    """
-
-    def __init__(self, batch_size: int = 32, amp: bool = False):
-        self.batch_size = max(int(batch_size), 1)
-        self.amp = bool(amp)
-
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any
-                 ) -> dict[str, torch.Tensor | None]:
-        device = next(network.parameters()).device
-        parts: dict[str, list[torch.Tensor]] = {"reconstructions": [], "codes": [], "top_codes": []}
-        with torch.inference_mode():
-            for start in range(0, inputs.shape[0], self.batch_size):
-                images = inputs[start:start + self.batch_size].to(device, non_blocking=True)
-                with torch.autocast("cuda", enabled=self.amp and device.type == "cuda"):
-                    codes = network.index_quantize(images)
-                    reconstructions = network.decode_samples(codes)
-                parts["reconstructions"].append(reconstructions.float().clamp_(0.0, 1.0).cpu())
-                if isinstance(codes, tuple):  # a two-level VQ-VAE: (top, bottom)
-                    parts["top_codes"].append(codes[0].long().cpu())
-                    codes = codes[1]
-                parts["codes"].append(codes.long().cpu())
-        return {key: torch.cat(values) if values else None for key, values in parts.items()}
-
-
-def run_networks(models: InferenceModels, inputs: torch.Tensor, labels: torch.Tensor | None = None,
-                 batch_size: int = 32, amp: bool = False, inferer: CodesInferer | None = None) -> NetworkOutputs:
-    """Encode, quantize and decode planes ``[N, 1, size, size]`` (with ``inferer``, by default a
-    :class:`CodesInferer` of ``batch_size`` and ``amp``); score them; prior NLL per (bottom) code."""
-    joined = (inferer or CodesInferer(batch_size, amp))(inputs, models.vqvae)
-    reconstructions = joined["reconstructions"]
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0)(reconstructions, inputs).flatten()
-    psnr = PSNRMetric(max_val=1.0)(reconstructions, inputs).flatten()
-    bits = None
-    if models.prior is not None:
-        scored = joined["codes"] if joined["top_codes"] is None else (joined["top_codes"], joined["codes"])
-        bits = code_nll_bits(models.prior, scored, labels, batch_size, amp)
-    return NetworkOutputs(reconstructions, joined["codes"], ssim, psnr, bits, joined["top_codes"])
 
 
 def scan_groups(scans: Sequence[ScanFile], batch_size: int = 32) -> list[list[ScanFile]]:
@@ -348,42 +233,3 @@ def _write_scan(settings: ScanInference, planes: ScanPlanes, inputs: torch.Tenso
     return ScanResult(planes.file.name, str(planes.file.path), planes.file.kind, planes.count,
                       _mean(ssim[scored]), _mean(psnr[scored]), score, output_dir=str(folder),
                       comparison=str(folder / "comparison.png"))
-
-
-def write_summary(inference_dir: str | Path, report: InferenceReport, settings: Mapping[str, Any]
-                  ) -> dict[str, Any]:
-    """
-    Write ``summary.csv`` (one row per scan) and ``summary.json`` (settings, run metrics, what is typical for
-    the prior, every row) into ``inference_dir``.
-
-    Returns:
-        ``{"csv": path, "json": path, "metrics": {...}}``.
-    """
-    folder = Path(inference_dir)
-    rows = [{k: v for k, v in asdict(r).items() if k in SUMMARY_COLUMNS} for r in report.results]
-    metrics = report.metrics()
-    table = write_csv(folder / "summary.csv", rows, SUMMARY_COLUMNS)
-    document = {"settings": plain(settings), "metrics": plain(metrics), "typical": plain(report.typical),
-                "scans": plain(rows)}
-    summary = write_text(folder / "summary.json", json.dumps(document, indent=2) + "\n")
-    return {"csv": table, "json": summary, "metrics": metrics}
-
-
-def run_artifacts(report: InferenceReport, summary: Mapping[str, Any], max_pictures: int = 50) -> list:
-    """What the MLflow run keeps: the summary files and the first ``max_pictures`` comparison pictures."""
-    artifacts: list = [summary["csv"], summary["json"]]
-    for result in report.done[:max(int(max_pictures), 0)]:
-        if result.comparison:
-            artifacts.append((result.comparison, f"comparisons/{result.scan}"))
-    return artifacts
-
-
-def check_report(report: InferenceReport, strict: bool = False, source: Any = "input") -> None:
-    """Fail the run when no scan finished, or (``strict``) when any was skipped; the summary is written first."""
-    if report.results and not report.done:
-        raise DataError(source, f"none of the {len(report.results)} scans could be used (see summary.csv)")
-    if strict and report.failed:
-        names = ", ".join(r.input for r in report.failed[:10])
-        more = f" and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
-        raise DataError(source, f"{len(report.failed)} of {len(report.results)} scans were skipped: {names}{more}")
-

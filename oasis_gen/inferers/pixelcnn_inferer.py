@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
-from oasis_gen.inferers.pixelcnn_sampling import complete_codes, evaluating, sample_codes
+from oasis_gen.inferers.pixelcnn_incremental import evaluating
+from oasis_gen.inferers.pixelcnn_sampling import complete_codes, sample_codes
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
 from oasis_gen.networks.vqvae import named_quantizers
 
