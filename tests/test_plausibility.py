@@ -24,7 +24,7 @@ from oasis_gen.generation.plausibility import (
     shape_distance,
     shape_statistics,
 )
-from oasis_gen.metrics.image_metrics import ms_ssim_diversity, radial_power_spectrum, spectrum_distance
+from oasis_gen.metrics import ms_ssim_diversity, radial_power_spectrum, spectrum_distance
 
 SIZE = 64
 SUBJECT = re.compile(r"^case_(\d{3})_slice_\d+\.nii\.png$")

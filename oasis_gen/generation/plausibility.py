@@ -33,10 +33,10 @@ figure of the reference set itself.
   perfect prior with that first stage: samples cannot score better than its reconstructions, so the gap from the
   floor to them is the first stage's share of the samples' gap, and the rest is the prior's.
 - ``diversity`` (+ ``_floor``, ``_reconstruction``, ``_reference``): 1 - the mean MS-SSIM between pairs of slices of
-  the set (:func:`oasis_gen.metrics.image_metrics.ms_ssim_diversity`):
+  the set (:func:`oasis_gen.metrics.ms_ssim_diversity`):
   a prior that buys plausibility with collapse shows here.
 - ``texture_distance`` (+ ``_floor``, ``_reconstruction``): mean absolute log10 difference between the radially
-  averaged power spectra of the set and of the reference (:func:`oasis_gen.metrics.image_metrics.spectrum_distance`):
+  averaged power spectra of the set and of the reference (:func:`oasis_gen.metrics.spectrum_distance`):
   speckle
   raises it (power at high frequencies), and so does blur.
 - Only when both reconstructions are given: ``c2st_prior_accuracy`` (+ ``_floor``): the classifier two-sample test
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from oasis_gen.metrics.image_metrics import ms_ssim_diversity, spectrum_distance
+from oasis_gen.metrics import ms_ssim_diversity, spectrum_distance
 from oasis_gen.utils.threads import torch_threads
 
 __all__ = [
