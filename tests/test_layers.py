@@ -40,7 +40,8 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
             # ``from oasis_gen import tracking`` imports the tracking layer itself
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names if node.module == "oasis_gen"]
+            if node.module == "oasis_gen":
+                found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
     return [(line, name) for line, name in found if name.startswith("oasis_gen")]
 
 
@@ -50,7 +51,8 @@ def module_name(path: Path) -> str:
 
 def test_every_folder_is_a_layer_and_nothing_but_the_face_lies_at_the_top() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")}
-    assert folders == set(RANK) - {"__main__"}, f"folders not in LAYERS (or layers with no folder): {folders ^ set(RANK)}"
+    assert folders == set(RANK) - {"__main__"}, (
+        f"folders not in LAYERS (or layers with no folder): {folders ^ set(RANK)}")
     top = {p.name for p in PACKAGE.glob("*.py")}
     assert top == {"__init__.py", "__main__.py"}, f"modules at the top of oasis_gen/: {sorted(top)}"
 
