@@ -11,7 +11,7 @@ Measures, on one split (default: test) of the dataset:
   references: a uniform prior (``log2 K``) and the unigram entropy of the split's codes (what a prior that
   ignores all context could reach at best);
 * FID and MMD between ``--num_samples`` samples and real slices, in the feature space of the VQ-VAE's encoder
-  (:func:`oasis_gen.metrics.image_metrics.encoder_features`). The real slices are shuffled and halved: half A is the
+  (:func:`oasis_gen.metrics.encoder_features`). The real slices are shuffled and halved: half A is the
   reference; the other half B (a floor: what real slices score), the VQ-VAE's reconstructions of B (a ceiling for
   any prior over these codes) and the samples are each compared with A at the same set size, since both
   figures depend on it;
@@ -39,7 +39,7 @@ from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
 from oasis_gen.inferers.pixelcnn_sampling import sample_codes
-from oasis_gen.metrics.image_metrics import (
+from oasis_gen.metrics import (
     CodeAccuracy,
     CodeNLL,
     encoder_features,

@@ -27,7 +27,7 @@ from oasis_gen.engines.steps import PrepareCodeBatch
 from oasis_gen.generation.codes import class_count, code_datasets, encode_codes, prior_spec, slice_labels
 from oasis_gen.generation.pair import check_resume
 from oasis_gen.inferers.pixelcnn_inferer import PriorCodeBits, VQVAEPixelCNNInferer
-from oasis_gen.metrics.image_metrics import CodeAccuracy, CodeNLL
+from oasis_gen.metrics import CodeAccuracy, CodeNLL
 from oasis_gen.networks.pixelcnn import GatedPixelCNN, load_pixelcnn, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec

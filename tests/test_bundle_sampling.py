@@ -18,7 +18,7 @@ from oasis_gen.generation.pair import check_pair, load_pair
 from oasis_gen.generation.sampling import complete_scan, generate, region_mask
 from oasis_gen.generation.writers import write_samples
 from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
-from oasis_gen.metrics.image_metrics import fid, mmd, ms_ssim_diversity, ms_ssim_settings
+from oasis_gen.metrics import fid, mmd, ms_ssim_diversity, ms_ssim_settings
 from oasis_gen.networks.pixelcnn import pixelcnn_from_spec, pixelcnn_spec
 from oasis_gen.networks.spec import file_sha256
 from oasis_gen.networks.vqvae import vqvae_from_spec, vqvae_spec

@@ -194,7 +194,7 @@ def test_prior_ranks_end_identical_and_save_the_unwrapped_network(prior_run):
 
 @pytest.mark.slow
 def test_prior_run_is_recorded_once_with_metrics_over_the_whole_split(prior_run):
-    from oasis_gen.metrics.image_metrics import CodeNLL
+    from oasis_gen.metrics import CodeNLL
     from oasis_gen.networks.pixelcnn import load_pixelcnn
 
     client, runs = mlflow_runs(prior_run["store"])

@@ -12,19 +12,20 @@ from scipy import ndimage
 
 from oasis_gen.data.demo import SPLIT_DIRS, build_demo_cohort
 from oasis_gen.data.readers import read_slice
-from oasis_gen.generation.plausibility import (
-    _fold_numbers,
+from oasis_gen.generation.plausibility import format_report, plausibility_report
+from oasis_gen.metrics import (
     classifier_two_sample_test,
     foreground_mask,
-    format_report,
     intensity_distance,
     memorisation,
+    ms_ssim_diversity,
     nearest_train,
-    plausibility_report,
+    radial_power_spectrum,
     shape_distance,
     shape_statistics,
+    spectrum_distance,
 )
-from oasis_gen.metrics.image_metrics import ms_ssim_diversity, radial_power_spectrum, spectrum_distance
+from oasis_gen.metrics.two_sample import _fold_numbers
 
 SIZE = 64
 SUBJECT = re.compile(r"^case_(\d{3})_slice_\d+\.nii\.png$")

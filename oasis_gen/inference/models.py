@@ -3,7 +3,7 @@
 Atypicality is the prior's surprise at each code of a scan: the negative log-likelihood in bits of the code
 actually there, given the codes before it in raster order, from one teacher-forced forward pass of the Gated
 PixelCNN (:meth:`oasis_gen.inferers.pixelcnn_inferer.VQVAEPixelCNNInferer.get_likelihood`, the per-code
-definition of :class:`oasis_gen.metrics.image_metrics.CodeNLL`).
+definition of :class:`oasis_gen.metrics.CodeNLL`).
 What is typical is measured the same way on the prior's own
 validation codes, when its code cache is at hand.
 
