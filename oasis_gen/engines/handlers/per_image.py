@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
-from oasis_gen.tracking.mlflow_store import log_artifact
+from oasis_gen.tracking.mlflow_handler import log_artifact
 from oasis_gen.utils.files import write_text
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch import nn
 
 from oasis_gen.engines.distributed import unwrap
 from oasis_gen.inferers.pixelcnn_inferer import VQVAEPixelCNNInferer
-from oasis_gen.tracking.mlflow_store import log_picture
+from oasis_gen.tracking.mlflow_handler import log_picture
 from oasis_gen.utils.pictures import code_map_picture, reconstruction_grid, save_png, tile, to_uint8
 from oasis_gen.utils.threads import sampling_threads
 

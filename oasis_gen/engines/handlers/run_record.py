@@ -12,14 +12,11 @@ import yaml
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
-from oasis_gen.tracking.mlflow_store import (
-    log_artifact,
-    log_datasets,
-    log_model,
-    mark_model_training,
-    run_id_of,
-    update_run,
-)
+from oasis_gen.tracking.datasets import log_datasets
+from oasis_gen.tracking.experiments import mark_model_training
+from oasis_gen.tracking.mlflow_handler import log_artifact, run_id_of
+from oasis_gen.tracking.models import log_model
+from oasis_gen.tracking.runs import update_run
 from oasis_gen.utils.errors import CheckpointError
 from oasis_gen.utils.files import write_text
 from oasis_gen.utils.plain import plain
@@ -48,7 +45,7 @@ class RunRecorder:
             checkpoint).
         datasets: the slice records of each split the run trains on, logged as the run's inputs, named by split and
             data folder (``train:data/demo``) with MLflow's digest
-            (:func:`oasis_gen.tracking.mlflow_store.log_datasets`).
+            (:func:`oasis_gen.tracking.datasets.log_datasets`).
         data_root: the data folder of ``datasets``.
 
     The run's experiment is marked as model training (MLflow 3's UI then opens it on its runs).
