@@ -24,7 +24,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import HandlersTimeProfiler
 from monai.engines import IterationEvents
 
-from oasis_gen.engines.handlers import unwrap
+from oasis_gen.engines.distributed import unwrap
 
 # events fired once per training iteration, outside the model step (its own events are inside "processing")
 ITERATION_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,

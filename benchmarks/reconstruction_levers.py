@@ -30,7 +30,7 @@ from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, lo
 from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
 from oasis_gen.data.transforms import decode_intensity
-from oasis_gen.engines.handlers import _LevelRestart, codebook_health
+from oasis_gen.engines.handlers.codebook import _LevelRestart, codebook_health
 from oasis_gen.engines.schedules import BudgetCosineLR
 from oasis_gen.engines.steps import VQVAELoss
 from oasis_gen.networks.vqvae import named_quantizers, vqvae_from_spec, vqvae_spec

@@ -138,7 +138,8 @@ def test_prior_run_is_recorded_in_mlflow(prior_run, vqvae_ckpt, tiny_data):
 def test_the_trained_prior_is_a_registered_mlflow_model_that_scores_as_the_checkpoint(prior_run):
     import mlflow.pytorch
 
-    from oasis_gen.tracking.mlflow_store import CHECKPOINT_TAG, fluent_store
+    from oasis_gen.tracking.models import CHECKPOINT_TAG
+    from oasis_gen.tracking.store import fluent_store
 
     uri = f"sqlite:///{prior_run['store'] / 'mlflow.db'}"
     checkpoint = prior_run["out"] / "checkpoints" / "model.pt"

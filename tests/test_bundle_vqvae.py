@@ -148,7 +148,7 @@ def test_the_trained_vqvae_is_a_registered_mlflow_model_that_reconstructs_as_the
     from oasis_gen.data import decode_intensity, eval_transforms
     from oasis_gen.networks.spec import file_sha256
     from oasis_gen.networks.vqvae import load_vqvae
-    from oasis_gen.tracking.mlflow_store import fluent_store
+    from oasis_gen.tracking.store import fluent_store
 
     client, runs = runs_of(trained["store"])
     [version] = client.search_model_versions("name='oasis-gen-vqvae'")

@@ -20,8 +20,7 @@ import torch
 from conftest import CONFIGS, run_bundle, tiny_prior_overrides, tiny_vqvae_overrides, write_oasis_slices
 from ignite.engine import Engine, Events
 
-from oasis_gen.engines import handlers
-from oasis_gen.engines.handlers import TimeBudget
+from oasis_gen.engines.handlers import TimeBudget, time_budget
 from oasis_gen.engines.run_state import RunState
 
 TRAIN = str(CONFIGS / "train.yaml")
@@ -182,7 +181,7 @@ def budget_run(minutes: float, clock: Clock, saved: Mapping | None = None, max_e
 
 def test_time_limited_run_resumed_trains_the_minutes_left(monkeypatch):
     clock = Clock(step=60.0)
-    monkeypatch.setattr(handlers.time, "perf_counter", clock)
+    monkeypatch.setattr(time_budget.time, "perf_counter", clock)
     whole, budget = budget_run(10, clock)  # a 10-minute budget, one minute an epoch
     assert whole == 10  # it stops when another epoch as long as the longest would overrun
     # killed after 4 epochs: its checkpoint says 4 minutes were trained; the resumed run trains what is left

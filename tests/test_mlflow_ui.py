@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from PIL import Image
 
 from oasis_gen.commands.ui import start_mlflow_ui, stop_mlflow_ui
-from oasis_gen.tracking.mlflow_store import resolve_tracking_uri
+from oasis_gen.tracking.store import resolve_tracking_uri
 from oasis_gen.utils.errors import ConfigError, DataError
 
 sys.path.insert(0, str(ROOT / "scripts"))

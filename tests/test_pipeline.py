@@ -28,7 +28,7 @@ from oasis_gen.commands.pipeline_runner import (
 from oasis_gen.utils.errors import ConfigError
 
 STAGES = ("vqvae", "codes", "prior", "sampling")
-# the tag each stage's own MLflow run carries (oasis_gen.tracking.mlflow_store.run_tags)
+# the tag each stage's own MLflow run carries (oasis_gen.tracking.runs.run_tags)
 RUN_STAGE_TAGS = {"vqvae": "vqvae", "codes": "codes", "prior": "prior", "sampling": "sample"}
 
 # A tiny pipeline on 32px slices: a K=16 VQ-VAE and a 2-layer prior for one epoch each. Each bundle stage costs a

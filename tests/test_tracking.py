@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from oasis_gen.commands.pipeline import load_pipeline
 from oasis_gen.commands.ui import existing_store_uri
-from oasis_gen.tracking.mlflow_store import TRACKING_URI_ENV, default_tracking_uri, resolve_tracking_uri, sqlite_uri
+from oasis_gen.tracking.store import TRACKING_URI_ENV, default_tracking_uri, resolve_tracking_uri, sqlite_uri
 
 
 def without_store(args: list[str]) -> list[str]:

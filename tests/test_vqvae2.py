@@ -292,7 +292,7 @@ def test_codebook_usage_warns_once_when_a_codebook_collapses(caplog):
     with torch.no_grad():  # every top code the same vector: each top position picks code 0
         top.embedding.weight.copy_(top.embedding.weight[:1].expand_as(top.embedding.weight))
     usage = CodebookUsage(network, mode="eval", prefix="val_codebook")
-    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers"):
+    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers.codebook"):
         engine = run_engine(network, [usage], mode="eval", epochs=2)
     assert engine.state.metrics["val_codebook_top_perplexity"] == 1.0
     warnings = [r.getMessage() for r in caplog.records if "top codebook has collapsed" in r.getMessage()]
@@ -302,7 +302,7 @@ def test_codebook_usage_warns_once_when_a_codebook_collapses(caplog):
     caplog.clear()
     healthy = two_level()
     run_engine(healthy, [CodebookRestart(healthy, interval=1)], iterations=2)
-    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers"):
+    with caplog.at_level("WARNING", logger="oasis_gen.engines.handlers.codebook"):
         engine = run_engine(healthy, [CodebookUsage(healthy, mode="eval")], mode="eval")
     assert engine.state.metrics["codebook_top_perplexity"] >= 2.0, engine.state.metrics
     assert not [r for r in caplog.records if "collapsed" in r.getMessage()]

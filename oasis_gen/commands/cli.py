@@ -151,7 +151,8 @@ def _experiment_links(store: str | None, experiment: str, url: str) -> list[str]
     from mlflow import MlflowClient
 
     from oasis_gen.commands.ui import existing_store_uri
-    from oasis_gen.tracking.mlflow_store import experiment_runs_url, mark_model_training
+    from oasis_gen.tracking.experiments import mark_model_training
+    from oasis_gen.tracking.ui_links import experiment_runs_url
 
     client = MlflowClient(existing_store_uri(store))
     found = client.get_experiment_by_name(experiment)

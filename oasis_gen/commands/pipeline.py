@@ -47,7 +47,7 @@ import yaml
 
 import oasis_gen
 from oasis_gen.bundle.configs import config_keys, config_path, configs_dir
-from oasis_gen.tracking.mlflow_store import DEFAULT_STORE, TRACKING_URI_ENV
+from oasis_gen.tracking.store import DEFAULT_STORE, TRACKING_URI_ENV
 from oasis_gen.utils.errors import ConfigError
 from oasis_gen.utils.plain import plain
 

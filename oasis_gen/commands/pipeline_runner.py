@@ -2,7 +2,7 @@
 
 A bundle stage runs ``python -m monai.bundle run ...`` in a subprocess whose output is shown as it comes and kept
 in ``<runs_dir>/logs/<stage>.log``; the demo-data stage calls the demo cohort builder. The subprocess learns the
-parent run's id from ``OASIS_GEN_PARENT_RUN_ID``, and :func:`oasis_gen.tracking.mlflow_store.run_tags` turns it
+parent run's id from ``OASIS_GEN_PARENT_RUN_ID``, and :func:`oasis_gen.tracking.runs.run_tags` turns it
 into MLflow's ``mlflow.parentRunId`` tag, so each stage's own run is nested under the pipeline's run.
 
 A stage is skipped when its record ``<runs_dir>/pipeline/<stage>.json`` (written only after it succeeded) holds
@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from oasis_gen import tracking
 from oasis_gen.bundle.configs import bundle_command, config_keys, override_args, stop
 from oasis_gen.commands.pipeline import BUILDERS, Pipeline, PipelineError, Stage
-from oasis_gen.tracking import mlflow_store as tracking
 from oasis_gen.utils.errors import OasisGenError
 from oasis_gen.utils.files import write_text
 

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from oasis_gen.tracking.mlflow_store import DEFAULT_STORE, TRACKING_URI_ENV, artifact_location, resolve_tracking_uri
+from oasis_gen.tracking.store import DEFAULT_STORE, TRACKING_URI_ENV, artifact_location, resolve_tracking_uri
 from oasis_gen.utils.errors import ConfigError, DataError
 
 START_TIMEOUT_S = 120.0  # a cold start on a busy 2-core machine takes 10-30 s (imports, database migrations)

@@ -128,6 +128,11 @@ def data_parallel(module: nn.Module, device: torch.device, sync_buffers: bool = 
         module, device_ids=[device] if device.type == "cuda" else None, **{buffers: bool(sync_buffers)}, **kwargs)
 
 
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or the module itself)."""
+    return getattr(network, "module", network)
+
+
 def _collective_device() -> torch.device:
     """Where tensors must be for the open backend's collectives (NCCL: this process's GPU; gloo: the CPU)."""
     if dist.get_backend() == "nccl":
