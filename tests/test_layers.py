@@ -78,3 +78,9 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert names == ["oasis_gen.commands.cli", "oasis_gen.bundle.configs"]
     assert RANK[layer_of(names[0])] > RANK["utils"]
 
+
+
+def test_no_module_over_400_lines() -> None:
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines (split them by job): {long}"
