@@ -350,13 +350,14 @@ def test_state_checksums_are_exact_and_name_every_parameter_and_buffer():
 
 
 def test_multi_gpu_configs_change_only_the_attach_step_of_training():
-    """The multi-GPU files replace one `training` step by index: fail here if the single-process lists move."""
-    for single, multi, index in ((TRAIN, MULTI, 0), (TRAIN_PRIOR, MULTI_PRIOR, 1)):
-        alone = ConfigParser.load_config_files(single)["training"]
+    """The multi-GPU files replace the checkpoint-attaching step by its id, never a `training` list position."""
+    for single, multi in ((TRAIN, MULTI), (TRAIN_PRIOR, MULTI_PRIOR)):
+        alone = ConfigParser.load_config_files(single)
         merged = ConfigParser.load_config_files([single, multi])
-        assert alone[index] == "$[handler.attach(@train#trainer) for handler in @train#checkpointing]", single
-        assert "on_this_rank(@train#checkpointing" in merged["training"][index]
-        assert merged["training"][:index] + merged["training"][index + 1:] == alone[:index] + alone[index + 1:]
-        assert merged["initialize"][:len(ConfigParser.load_config_files(single)["initialize"])] == \
-            ConfigParser.load_config_files(single)["initialize"]  # the single-process steps still run first
+        assert alone["attach_checkpointing"] == "$[handler.attach(@train#trainer) for handler in @train#checkpointing]"
+        assert "on_this_rank(@train#checkpointing" in merged["attach_checkpointing"], multi
+        assert "$@attach_checkpointing" in alone["training"], single
+        assert merged["training"] == alone["training"], multi  # the steps and their order are the single process's
+        assert not any(key.startswith("training#") for key in ConfigParser.load_config_file(multi)), multi
+        assert merged["initialize"][:len(alone["initialize"])] == alone["initialize"]  # single-process steps first
         assert merged["train"]["handlers"][-1] == "@replica_check"

@@ -32,6 +32,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 from torch import nn
 
+from oasis_gen.engines.distributed import unwrap
 from oasis_gen.networks.spec import ModelSpec, read_checkpoint
 from oasis_gen.utils.config_values import flag
 from oasis_gen.utils.errors import CheckpointError
@@ -161,7 +162,7 @@ def check_resumable(path: str | Path, network: nn.Module | None = None,
         raise CheckpointError(path, f"cannot resume: not a resumable checkpoint of oasis-gen (it lacks "
                                     f"{', '.join(missing)}); {WHAT_TO_DO}")
     if network is not None:
-        expected = {k: tuple(v.shape) for k, v in getattr(network, "module", network).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in unwrap(network).state_dict().items()}
         model = state["model"] if isinstance(state["model"], Mapping) else {}
         found = {k: tuple(getattr(v, "shape", ())) for k, v in model.items()}
         if found != expected:
