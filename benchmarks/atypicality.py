@@ -26,7 +26,6 @@ TwoLevelPrior`), one map at the bottom grid that sums to the slice's total bits.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -34,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import RESULTS, command, machine_info, machine_summary, write_result
 
 from oasis_gen.data import check_dataset
 from oasis_gen.generation.codes import slice_labels
@@ -45,7 +43,7 @@ from oasis_gen.inference.models import InferenceModels
 from oasis_gen.inference.run import run_networks
 from oasis_gen.utils.errors import OasisGenError
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT_DIR = RESULTS
 BRAIN_THRESHOLD = 0.05  # intensity in [0, 1] above which a pixel counts as brain (the demo's background is 0)
 
 
@@ -321,24 +319,22 @@ def quick_inputs(folder: Path, levels: int) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join([Path(sys.executable).name, "benchmarks/atypicality.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    line = command(__file__, argv)
     try:
         if args.quick:
             with tempfile.TemporaryDirectory(prefix="atypicality-quick-") as folder:
                 paths = quick_inputs(Path(folder), args.quick_levels)
                 args.prior_ckpt, args.vqvae_ckpt, args.dataset_dir = paths["prior"], paths["vqvae"], paths["data"]
-                result = run(args, command)
+                result = run(args, line)
         else:
-            result = run(args, command)
+            result = run(args, line)
     except OasisGenError as err:
         print(f"atypicality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
     stem = f"atypicality_{args.name}"
-    write_result(args.out_dir, stem, text, result)
     print(text)
-    print(f"written: {args.out_dir / (stem + '.md')} and .json")
+    write_result(args.out_dir, stem, text, result, line)
     return 0
 
 

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import command, machine_info, machine_summary, write_result
 
 from oasis_gen.inferers.pixelcnn_sampling import sample_codes, sample_codes_naive
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
@@ -206,6 +205,8 @@ def markdown(result: dict) -> str:
         f"channels={config['channels']}, layers={config['layers']}, kernel_size={config['kernel_size']} "
         f"({config['parameters']:,} parameters).",
         "",
+        f"Command: `{result['command']}`",
+        "",
         "| sampler | positions timed | time timed (s) | ms / position | full grid (s) | note |",
         "|---|---:|---:|---:|---:|---|",
         f"| naive (`sample_codes_naive`) | {naive['positions_timed']} | {naive['seconds_timed']:.2f} | "
@@ -227,12 +228,11 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    result = {"command": command(__file__, argv), **run(args)}
     report = markdown(result)
-    write_result(args.out_dir, "sampling", report, result)
     print()
     print(report)
-    print(f"written: {args.out_dir / 'sampling.md'}, {args.out_dir / 'sampling.json'}")
+    write_result(args.out_dir, "sampling", report, result, result["command"])
     return 0
 
 

@@ -17,12 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from kit import RESULTS, ROOT, command, write_result
 from PIL import Image
 
-from oasis_gen.utils.files import write_text
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 OASIS_TRAIN_SLICES = 9664  # the OASIS keras_png_slices_train folder
 OASIS_SLICE_SIZE = 256
 
@@ -72,12 +69,12 @@ def measure_cache(root: Path, size: int, cache_dtype: str = "uint8") -> dict[str
     return {"cache_dtype": cache_dtype, "size": size, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=OASIS_TRAIN_SLICES)
     parser.add_argument("--size", type=int, default=OASIS_SLICE_SIZE)
     parser.add_argument("--work", default="runs/benchmarks/oasis_sized")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root = ROOT / args.work
     start = time.perf_counter()
     write_slices(root, args.slices, args.size)
@@ -87,16 +84,16 @@ def main() -> None:
         rows.append(measure_cache(root, args.size, dtype))
         print(rows[-1], flush=True)
     gib = 1024**3
+    line = command(__file__, argv)
     lines = [f"# Cache memory: {args.slices} slices at {args.size}x{args.size} (the OASIS train split's size)", "",
-             "Command: `.venv/bin/python benchmarks/cache_memory.py`", "",
+             f"Command: `{line}`", "",
              "| cache dtype | cached tensors (GiB) | process RSS growth, after caching (GiB) | peak RSS growth (GiB) "
              "| caching time (s) |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['cache_dtype']} | {r['cache_bytes'] / gib:.2f} | {r['rss_growth_bytes'] / gib:.2f} | "
               f"{r['peak_rss_growth_bytes'] / gib:.2f} | {r['seconds']:.0f} |" for r in rows]
-    write_text(RESULTS / "cache_memory.md", "\n".join(lines) + "\n")
-    write_text(RESULTS / "cache_memory.json", json.dumps(rows, indent=2))
     print("\n".join(lines))
+    write_result(RESULTS, "cache_memory", "\n".join(lines) + "\n", rows, line)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import RESULTS, command, machine_info, machine_summary, write_result
 from monai.data import DataLoader, Dataset
 
 from oasis_gen.data import check_dataset, decode_intensity, eval_transforms
@@ -51,7 +50,7 @@ from oasis_gen.metrics.image_metrics import (
 from oasis_gen.utils.errors import OasisGenError
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT_DIR = RESULTS
 FEATURE_NOTE = ("VQ-VAE encoder output (before quantization), average- and max-pooled over the code grid: "
                 "{dims} features. Chosen over Inception features because it needs no download (works offline), "
                 "was trained on these very slices and takes any image size; figures compare priors of this "
@@ -111,7 +110,7 @@ def code_likelihood(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.T
             "codes_used": int((counts > 0).sum())}
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace, command: str) -> dict[str, object]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = machine_info(device)
     started = time.perf_counter()
@@ -176,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                  "count": diversity_count, "ms_ssim_scales": scales, "ms_ssim_kernel": kernel}
 
     return {
+        "command": command,
         "machine": machine,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": models.describe(),
@@ -205,6 +205,8 @@ def markdown(result: dict) -> str:
         f"grid, {prior['num_layers']} layers x {prior['channels']} channels, classes: {prior['num_classes']}); "
         f"VQ-VAE `{models['vqvae_ckpt']}` ({data['image_size']}px). Dataset `{result['settings']['dataset_dir']}`, "
         f"{data['split']} split: {data['real_slices']} slices. Device {machine['device']}; {machine_summary(machine)}",
+        "",
+        f"Command: `{result['command']}` ({result['total_seconds']:.1f} s).",
         "",
         f"## Held-out codes ({data['split']} split, {data['real_slices']} slices)",
         "",
@@ -257,14 +259,13 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = run(args)
+        result = run(args, command(__file__, argv))
     except OasisGenError as err:
         print(f"prior_quality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
-    write_result(args.out_dir, args.name, text, result)
     print(text)
-    print(f"written: {args.out_dir / (args.name + '.md')} and .json")
+    write_result(args.out_dir, args.name, text, result, result["command"])
     return 0
 
 

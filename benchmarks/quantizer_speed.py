@@ -13,25 +13,19 @@ codebook size asked for.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from bench_configs import bundle_default
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
 from bench_training import TrainingStep, time_steps, vqvae_training
+from kit import RESULTS, bundle_default, command, machine_info, machine_summary, write_result
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
 from oasis_gen.engines.steps import memory_format
 from oasis_gen.networks.quantizer import quantizer_copy
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("monai", "indexed")
 
 
@@ -103,14 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(k or None, rounds, seconds, overrides))
         print(f"K={rows[-1]['num_embeddings']}: MONAI {rows[-1]['monai']['images_per_s']:.1f} images/s, indexed "
               f"{rows[-1]['indexed']['images_per_s']:.1f} ({rows[-1]['speedup']:.2f}x)", flush=True)
-    command = ["python", "benchmarks/quantizer_speed.py", *(sys.argv[1:] if argv is None else argv)]
-    result = {"command": shlex.join(command), "machine": machine_summary(machine), "machine_info": machine,
+    result = {"command": command(__file__, argv), "machine": machine_summary(machine), "machine_info": machine,
               "quick": args.quick, "rounds": rounds, "seconds": seconds, "rows": rows}
     tag = args.tag or ("quantizer_speed_quick" if args.quick else "quantizer_speed")
     text = markdown(result)
-    written = write_result(args.out, tag, text, result)
     print(text)
-    print("written: " + ", ".join(str(path) for path in written))
+    write_result(args.out, tag, text, result, result["command"])
     return 0
 
 

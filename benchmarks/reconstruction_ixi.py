@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,7 @@ import numpy as np
 import torch
 import yaml
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, ROOT, WORK, command, machine_info, machine_summary, write_result
 from mlflow import MlflowClient
 from monai.networks.layers import GaussianFilter
 from torch import nn
@@ -49,14 +47,10 @@ from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
 from oasis_gen.utils.pictures import reconstruction_grid, save_png, tile, to_uint8
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "bundle" / "configs"
-IXI = ROOT.parent / "shared" / "data" / "ixi_t1"
-# reader settings per named dataset: IXI's axial slices (stored P-S-R, turned to RAS by the reader), skull and neck
-# included
+# reader settings per named dataset: IXI's axial slices (kit.IXI_READER), skull and neck included
 DATASETS: dict[str, dict[str, object]] = {
-    "ixi": {"slice_axis": "axial", "min_brain_fraction": 0.25},
+    "ixi": dict(IXI_READER),
     "demo": {},
 }
 # train.yaml overrides per candidate; "default" is train.yaml as it stands (two levels, [16,32], K=256, D=32, L1 with
@@ -374,18 +368,18 @@ def main(argv: list[str] | None = None) -> None:
         f"{setting.epoch_images:,} images, or {setting.epoch_images_per_minute} per budget minute when that is more"
         if setting.epoch_images else "the whole train split")
     temporary = tempfile.TemporaryDirectory(prefix="reconstruction-") if args.quick else None
-    work = Path(args.work) if args.work else (Path(temporary.name) if temporary else ROOT / "runs" / "benchmarks")
+    work = Path(args.work) if args.work else (Path(temporary.name) if temporary else WORK)
     work = work.resolve()
     if args.quick:
         dataset_name = "a tiny synthetic demo cohort"
         build_demo_cohort(work / "data", subjects=6, size=setting.image_size, slices_per_subject=4, progress=False)
         dataset, reader = str(work / "data"), {}
     elif args.dataset == "ixi":
-        dataset_name, dataset, reader = "IXI T1", str(IXI), dict(DATASETS["ixi"])
-        if not IXI.is_dir():
-            raise SystemExit(f"IXI volumes not found at {IXI} (see ../shared/data/ixi_t1/README.md)")
+        dataset_name, dataset, reader = "IXI T1", str(IXI_DIR), dict(DATASETS["ixi"])
+        if not IXI_DIR.is_dir():
+            raise SystemExit(f"IXI volumes not found at {IXI_DIR} (see ../shared/data/ixi_t1/README.md)")
     elif args.dataset == "demo":
-        dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(ROOT / "data" / "demo")), {}
+        dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(DEMO_DIR)), {}
     else:
         dataset_name, dataset, reader = args.dataset, str(Path(args.dataset).resolve()), {}
     tag = args.tag or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
@@ -420,12 +414,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(run_baseline(budget, train, test, setting, work, tag, args.seed))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
 
-    command = ["python", "benchmarks/reconstruction_ixi.py", *(sys.argv[1:] if argv is None else argv)]
     result = {
         "dataset_name": dataset_name, "dataset": dataset, "quick": args.quick, "minutes": minutes,
         "candidates": candidates, "baseline": not args.no_baseline,
         "baseline_minutes": args.baseline_minutes, "epoch_length": epoch_length,
-        "image_size": setting.image_size, "threads": args.threads, "command": shlex.join(command),
+        "image_size": setting.image_size, "threads": args.threads, "command": command(__file__, argv),
         "machine": machine_summary(machine_record), "machine_info": machine_record,
         "data": {"layout": report.layout, "reader": reader or "train.yaml's",
                  "slices": {split: len(items) for split, items in records.items()},
@@ -438,9 +431,8 @@ def main(argv: list[str] | None = None) -> None:
             row[key] = round(row[key], 4) if math.isfinite(row[key]) else row[key]
         row["epochs"] = round(row["epochs"], 2)
     text = markdown(result)
-    written = list(write_result(out_dir, tag, text, result))
     print(text)
-    print("written:", ", ".join(str(path) for path in written))
+    write_result(out_dir, tag, text, result, result["command"])
     if temporary:
         temporary.cleanup()
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from baseline_vqvae import evaluate
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
-from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, load_images
+from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, command, machine_info, machine_summary, write_result
+from reconstruction_ixi import bundle_defaults, load_images
 
 from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
@@ -174,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(torch.get_num_threads())
     machine = machine_info("cpu")
     defaults = bundle_defaults()
-    dataset, reader = (str(IXI), DATASETS["ixi"]) if args.dataset == "ixi" else (
-        demo_dataset(str(ROOT / "data" / "demo")), {})
+    dataset, reader = (str(IXI_DIR), IXI_READER) if args.dataset == "ixi" else (demo_dataset(str(DEMO_DIR)), {})
     report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
                            axis=reader.get("slice_axis", defaults["slice_axis"]),
                            min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.candidates:
         rows.append(run_candidate(name, train, validate, args.minutes, args.seed, args.schedule_minutes))
         print(json.dumps(rows[-1]), flush=True)
-    command = shlex.join(["python", "benchmarks/reconstruction_levers.py", *(sys.argv[1:] if argv is None else argv)])
+    line = command(__file__, argv)
     tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
     schedule = (f"; the learning rate anneals over {args.schedule_minutes:g} minutes (the start of a run of that "
                 "budget)" if args.schedule_minutes else "")
@@ -197,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
              "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions"
              f"{schedule}. Top perplexity: of the top codes of 128 validation slices at the end, and the lowest "
              "taken every 250 steps (1: the top codebook collapsed to one code).",
-             f"Command: `{command}`", "",
+             f"Command: `{line}`", "",
              "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR | top perplexity (lowest) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['settings'] or 'train.yaml'} | {r['parameters']:,} | {r['images_per_s']} | "
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
               for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows})
+    write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows}, line)
 
 
 if __name__ == "__main__":

@@ -30,19 +30,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_configs import ROOT, bundle_default, config_prior, config_vqvae
 from bench_inference import inference_speed
-from bench_machine import machine_info, machine_summary
 from bench_pipeline import pipeline_overhead, pipeline_variants
-from bench_results import write_result
 from bench_sampling import time_samplers
 from bench_training import matmul_rates, vqvae_throughput
 from cache_memory import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
+from kit import (
+    RESULTS,
+    WORK,
+    bundle_default,
+    command,
+    config_prior,
+    config_vqvae,
+    machine_info,
+    machine_summary,
+    write_result,
+)
 
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
-OASIS_SLICES_DIR = ROOT / "runs" / "benchmarks" / "oasis_sized"  # 9,664 PNGs, written once and reused
+DEFAULT_OUT_DIR = RESULTS
+OASIS_SLICES_DIR = WORK / "oasis_sized"  # 9,664 PNGs, written once and reused
 OVERHEAD_GOAL = 0.05
 @dataclass(frozen=True)
 class Plan:
@@ -156,10 +164,11 @@ def measure_cache_memory(plan: Plan, work: Path, quick: bool) -> dict[str, Any]:
     return result
 
 
-def run(plan: Plan, quick: bool) -> dict[str, Any]:
+def run(plan: Plan, quick: bool, command: str) -> dict[str, Any]:
     """Every measurement of the plan, in order, in a scratch folder that is removed afterwards."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result: dict[str, Any] = {"machine": machine_info(device), "quick": quick, "plan": asdict(plan)}
+    result: dict[str, Any] = {"command": command, "machine": machine_info(device), "quick": quick,
+                              "plan": asdict(plan)}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="oasis-speed-") as scratch:
         work = Path(scratch)
@@ -294,11 +303,10 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
 def markdown(result: dict[str, Any]) -> str:
     """speed.md: the machine, the summary table and where the pipeline's time goes."""
     machine, pipe = result["machine"], result["pipeline"]
-    command = ".venv/bin/python benchmarks/speed.py" + (" --quick" if result["quick"] else "")
     lines = [
         "# Speed" + (" (--quick: tiny sizes, figures not representative)" if result["quick"] else ""),
         "",
-        f"Command: `{command}` ({result['total_seconds']:.0f} s).",
+        f"Command: `{result['command']}` ({result['total_seconds']:.0f} s).",
         "",
         "| machine | |",
         "|---|---|",
@@ -359,13 +367,12 @@ def check_finite(value: Any, where: str = "result") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(QUICK if args.quick else FULL, args.quick)
+    result = run(QUICK if args.quick else FULL, args.quick, command(__file__, argv))
     check_finite(result)
     report = markdown(result)
-    write_result(args.out, "speed", report, result)
     print()
     print(report)
-    print(f"written: {args.out / 'speed.md'}, {args.out / 'speed.json'}")
+    write_result(args.out, "speed", report, result, result["command"])
     return 0
 
 

@@ -18,21 +18,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from kit import command, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench_results import write_result  # noqa: E402
-
-from oasis_gen.data import check_dataset  # noqa: E402
-from oasis_gen.generation.reference import split_slices  # noqa: E402
-from oasis_gen.networks.vqvae import load_vqvae  # noqa: E402
-from oasis_gen.networks.vqvae2 import TwoLevelVQVAE  # noqa: E402
+from oasis_gen.data import check_dataset
+from oasis_gen.generation.reference import split_slices
+from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 
 def read_split(dataset_dir: Path, split: str, image_size: int, limit: int, seed: int = 0) -> torch.Tensor:
@@ -96,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out_dir is not None:
-        command = "python benchmarks/top_level_usage.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_result(args.out_dir, args.name, f"# Top level usage\n\nCommand: `{command}`\n\n{text}\n", rows)
+        line = command(__file__, argv)
+        write_result(args.out_dir, args.name, f"# Top level usage\n\nCommand: `{line}`\n\n{text}\n", rows, line)
     return 0
 
 

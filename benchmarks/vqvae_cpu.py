@@ -20,12 +20,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from bench_machine import machine_info, machine_summary
+from kit import RESULTS, ROOT, command, machine_info, machine_summary, write_result
 
-from oasis_gen.utils.files import write_text
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 # all at 128x128 with a 32x32 code grid (two downsamplings), K=256, D=32; they differ in width
 CANDIDATES = {
     "small": {"channels": "[16,32]"},  # the CPU default
@@ -45,7 +41,7 @@ def run_bundle(args: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0, help="training wall time per candidate")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
@@ -53,7 +49,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/benchmarks", help="where runs and the MLflow store go")
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs the LR schedule spans")
     parser.add_argument("--tag", default="vqvae_cpu", help="name of the result files")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     machine = machine_summary(machine_info("cpu"))  # before the runs: the load average is the one they started under
     work = ROOT / args.work
@@ -84,20 +80,19 @@ def main() -> None:
         })
         print(rows[-1], flush=True)
 
+    line = command(__file__, argv)
     lines = [f"# VQ-VAE at equal wall time ({args.minutes:g} min of training each)", "",
              f"Machine: {machine} Dataset: {args.dataset}. 128x128 slices, 32x32 code grid, K=256, D=32, "
              "batch 16, L1 + commitment loss. Wall time includes validation each epoch and the bundle's start-up.",
-             f"Command: `.venv/bin/python benchmarks/vqvae_cpu.py --minutes {args.minutes:g} "
-             f"--candidates {' '.join(args.candidates)} --max-epochs {args.max_epochs} --tag {args.tag}`", "",
+             f"Command: `{line}`", "",
              "| candidate | channels | parameters | epochs | train wall (s) | images/s | test SSIM | PSNR (dB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['candidate']} | {r['channels']} | {r['parameters']:,} | {r['epochs']} | {r['train_wall_s']} | "
               f"{r['images_per_s']} | {r['test_ssim']:.4f} ± {r['test_ssim_std']:.4f} | {r['test_psnr']:.2f} |"
               for r in rows]
-    write_text(RESULTS / f"{args.tag}.md", "\n".join(lines) + "\n")
-    write_text(RESULTS / f"{args.tag}.json", json.dumps({"machine": machine, "minutes": args.minutes, "rows": rows},
-                                                        indent=2))
     print("\n".join(lines))
+    result = {"machine": machine, "minutes": args.minutes, "rows": rows}
+    write_result(RESULTS, args.tag, "\n".join(lines) + "\n", result, line)
 
 
 if __name__ == "__main__":
