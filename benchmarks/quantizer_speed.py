@@ -1,7 +1,7 @@
 """The VQ-VAE's training step with MONAI's EMAQuantizer and with the project's IndexedEMAQuantizer, on this machine.
 
 Both variants are train.yaml's network, optimizer, loss and batch size (with their codebooks copied from one
-another, so they start equal) and take the step MONAI's SupervisedTrainer takes (``bench_training.TrainingStep``),
+another, so they start equal) and take the step MONAI's SupervisedTrainer takes (``speed_parts.training.TrainingStep``),
 on random images of the bundle's size in its memory layout. Rounds alternate between the two so that a slow
 minute of the machine falls on both; the table has the median step of each, in images per second, for each
 codebook size asked for.
@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 import torch
-from bench_training import TrainingStep, time_steps, vqvae_training
 from kit import RESULTS, bundle_default, command, machine_info, machine_summary, write_result
 from monai.networks.layers.vector_quantizer import EMAQuantizer
+from speed_parts.training import TrainingStep, time_steps, vqvae_training
 
 from oasis_gen.engines.steps import memory_format
 from oasis_gen.networks.quantizer import quantizer_copy

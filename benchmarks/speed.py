@@ -3,7 +3,7 @@ and cache memory, written as a Markdown table with the machine it ran on.
 
     .venv/bin/python benchmarks/speed.py [--quick] [--out benchmarks/results]
 
-Measures, with the bundle's defaults read from ``bundle/configs/*.yaml``:
+Measures, with the bundle's defaults read from ``bundle/configs/*.yaml`` (each part a module of ``speed_parts/``):
 
 1. this machine's matmul GFLOP/s (float32, best of a few; on CUDA also float16 and bfloat16);
 2. VQ-VAE training throughput (images/s, achieved GFLOP/s and its fraction of the matmul rate) at the default
@@ -30,11 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_inference import inference_speed
-from bench_pipeline import pipeline_overhead, pipeline_variants
-from bench_sampling import time_samplers
-from bench_training import matmul_rates, vqvae_throughput
-from cache_memory import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
 from kit import (
     RESULTS,
     WORK,
@@ -46,6 +41,11 @@ from kit import (
     machine_summary,
     write_result,
 )
+from speed_parts.cache import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
+from speed_parts.inference import inference_speed
+from speed_parts.pipeline import pipeline_overhead, pipeline_variants
+from speed_parts.sampling import time_samplers
+from speed_parts.training import matmul_rates, vqvae_throughput
 
 from oasis_gen.utils.threads import sampling_threads
 

@@ -16,9 +16,9 @@ from ignite.engine import Engine
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_pipeline import CallTimer, IterationClock  # noqa: E402
-from bench_training import TrainingStep, matmul_gflops, step_flops, vqvae_training  # noqa: E402
 from speed import QUICK, markdown, table_rows  # noqa: E402
+from speed_parts.pipeline import CallTimer, IterationClock  # noqa: E402
+from speed_parts.training import TrainingStep, matmul_gflops, step_flops, vqvae_training  # noqa: E402
 
 ROW_IDS = {
     "matmul_float32", "train_default", "train_large", "pipeline_overhead", "pipeline_variant0", "pipeline_variant1",

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import TrainingStep, time_steps, vqvae_training
 from ignite.engine import Engine, Events
 from ignite.handlers import HandlersTimeProfiler
 from kit import ROOT, bundle_parser, config_imports
 from monai.engines import IterationEvents
+from speed_parts.training import TrainingStep, time_steps, vqvae_training
 
 from oasis_gen.engines.handlers import unwrap
 
