@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, ROOT, command, machine_info, machine_summary, write_result
 
+from oasis_gen.bundle.configs import bundle_command, config_path
 from oasis_gen.utils.files import write_text
 
 DEFAULT_OUT_DIR = RESULTS
@@ -220,11 +221,10 @@ def run_sampling_variant(args: argparse.Namespace, candidate: str, variant: str,
     """Sample a candidate's trained priors once more with a sampling variant (sample.yaml, as the pipeline does)."""
     out = runs_dir / f"samples_{variant}"
     data_dir = IXI_DIR if args.dataset == "ixi" else (args.runs_dir / "data_quick" if args.quick else DEMO_DIR)
-    command = [sys.executable, "-m", "monai.bundle", "run", "sampling", "--config_file",
-               str(ROOT / "bundle" / "configs" / "sample.yaml"), "--prior_ckpt",
-               str(runs_dir / "prior" / "checkpoints" / "model.pt"), "--output_dir", str(out), "--num_samples",
-               str(args.num_samples), "--dataset_dir", str(data_dir), "--tracking_uri", str(runs_dir.parent / "mlruns"),
-               "--progress", "false"]
+    command = bundle_command("sampling", [config_path("sample.yaml")], [
+        "--prior_ckpt", str(runs_dir / "prior" / "checkpoints" / "model.pt"), "--output_dir", str(out),
+        "--num_samples", str(args.num_samples), "--dataset_dir", str(data_dir),
+        "--tracking_uri", str(runs_dir.parent / "mlruns"), "--progress", "false"])
     if args.quick:
         command += ["--plausibility_epochs", "2"]
     for item in (IXI_SETTINGS if args.dataset == "ixi" else []) + SAMPLING[variant]:

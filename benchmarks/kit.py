@@ -199,7 +199,7 @@ def run_bundle(run_id: str, config_name: str, args: Iterable[str], log: Path, th
     """Run ``python -m monai.bundle run <run_id> --config_file <config> <args>`` from the checkout, appending its
     output to log (with ``threads``: as OMP_NUM_THREADS); return its wall time. A failure stops the benchmark."""
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads is not None else {})}
     with open(log, "a") as stream:
         done = subprocess.run(bundle_command(run_id, [config_path(config_name)], args), cwd=ROOT, stdout=stream,
                               stderr=subprocess.STDOUT, env=env)

@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,16 +35,28 @@ import numpy as np
 import torch
 import yaml
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
-from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, ROOT, WORK, command, machine_info, machine_summary, write_result
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    RESULTS,
+    WORK,
+    command,
+    config_settings,
+    machine_info,
+    machine_summary,
+    run_bundle,
+    write_result,
+)
 from mlflow import MlflowClient
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
+from oasis_gen.bundle.configs import override_args
 from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
 from oasis_gen.utils.pictures import reconstruction_grid, save_png, tile, to_uint8
 
-CONFIGS = ROOT / "bundle" / "configs"
 # reader settings per named dataset: IXI's axial slices (kit.IXI_READER), skull and neck included
 DATASETS: dict[str, dict[str, object]] = {
     "ixi": dict(IXI_READER),
@@ -106,36 +115,14 @@ QUICK_MINUTES = [0.04]
 QUICK_CANDIDATES = ["default"]
 
 
-def bundle_defaults() -> dict:
-    """train.yaml's user settings as written (the split and reader defaults the baseline must share)."""
-    return yaml.safe_load((CONFIGS / "train.yaml").read_text())
-
-
 def check_candidates(names: list[str], setting: Setting) -> None:
     """Stop before any training when a candidate overrides a key train.yaml does not have."""
     # a typo would otherwise end a long run only when that candidate's turn comes, hours in
-    keys = set(bundle_defaults())
+    keys = set(config_settings("train.yaml"))
     for name in names:
         unknown = sorted((set(CANDIDATES[name]) | set(setting.bundle_overrides)) - keys)
         if unknown:
             raise SystemExit(f"candidate {name!r} overrides keys train.yaml does not have: {unknown}")
-
-
-def run_bundle(args: list[str], log: Path, threads: int) -> float:
-    """Run a bundle command with the given torch threads, appending its output to log; return its wall time."""
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    with open(log, "a") as stream:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=stream,
-                              stderr=subprocess.STDOUT, env=env)
-    if done.returncode:
-        raise SystemExit(f"bundle command failed ({done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
-def overrides(values: dict[str, object]) -> list[str]:
-    """Bundle command-line overrides from a dict."""
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
 def top_perplexities(store: Path, run_name: str) -> list[float]:
@@ -157,16 +144,16 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
     out.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     data = {"dataset_dir": dataset, **reader}
-    common = overrides({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
-    batch_size = int({**bundle_defaults(), **setting.bundle_overrides, **CANDIDATES[name]}["batch_size"])
+    common = override_args({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
+    batch_size = int({**config_settings("train.yaml"), **setting.bundle_overrides, **CANDIDATES[name]}["batch_size"])
     if epoch_steps is None:
         epoch_steps = setting.epoch_steps(minutes, batch_size)
     epochs = {"train#trainer#epoch_length": epoch_steps} if epoch_steps > 0 else {}
-    train_s = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.yaml"), *common,
-                          *overrides({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
+    train_s = run_bundle("training", "train.yaml",
+                         [*common, *override_args({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
                           "--resume", "False", "--max_epochs", str(max_epochs), "--time_limit_minutes", str(minutes)],
                          log, threads)
-    eval_s = run_bundle(["run", "evaluating", "--config_file", str(CONFIGS / "evaluate.yaml"), *common], log, threads)
+    eval_s = run_bundle("evaluating", "evaluate.yaml", common, log, threads)
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
     last = torch.load(max(out.glob("checkpoints/last_*.pt")), weights_only=True)
@@ -387,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # the baseline's slices: the same records and images the bundle gets from the same settings
     phase = time.perf_counter()
-    defaults = bundle_defaults()
+    defaults = config_settings("train.yaml")
     report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
                            axis=reader.get("slice_axis", defaults["slice_axis"]),
                            min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),

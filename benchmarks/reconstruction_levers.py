@@ -21,8 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from baseline_vqvae import evaluate
-from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, command, machine_info, machine_summary, write_result
-from reconstruction_ixi import bundle_defaults, load_images
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    RESULTS,
+    command,
+    config_settings,
+    machine_info,
+    machine_summary,
+    write_result,
+)
+from reconstruction_ixi import load_images
 
 from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
@@ -95,7 +105,7 @@ def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minute
         watch_every: every so many steps, the top codebook's perplexity on 128 validation slices is taken (its
             last and lowest values are reported).
     """
-    settings = {**bundle_defaults(), **CANDIDATES[name]}
+    settings = {**config_settings("train.yaml"), **CANDIDATES[name]}
     torch.manual_seed(seed)
     spec = vqvae_spec(**{key: settings[key] for key in SPEC_KEYS}, decay=settings["ema_decay"])
     network = vqvae_from_spec(spec)
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     machine = machine_info("cpu")
-    defaults = bundle_defaults()
+    defaults = config_settings("train.yaml")
     dataset, reader = (str(IXI_DIR), IXI_READER) if args.dataset == "ixi" else (demo_dataset(str(DEMO_DIR)), {})
     report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
                            axis=reader.get("slice_axis", defaults["slice_axis"]),

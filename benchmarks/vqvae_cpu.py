@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 import yaml
-from kit import RESULTS, ROOT, command, machine_info, machine_summary, write_result
+from kit import RESULTS, ROOT, command, machine_info, machine_summary, run_bundle, write_result
+
+from oasis_gen.bundle.configs import override_args
 
 # all at 128x128 with a 32x32 code grid (two downsamplings), K=256, D=32; they differ in width
 CANDIDATES = {
@@ -28,17 +25,6 @@ CANDIDATES = {
     "base": {"channels": "[32,64]"},
     "wide": {"channels": "[64,128]"},
 }
-
-
-def run_bundle(args: list[str], log: Path) -> float:
-    """Run a bundle command, appending its output to log; return its wall time."""
-    start = time.perf_counter()
-    with open(log, "a") as stream:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=stream,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode:
-        raise SystemExit(f"bundle command failed ({done.returncode}); see {log}")
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         log.write_text("")
         common = ["--dataset_dir", args.dataset, "--output_dir", str(out), "--tracking_uri", str(work / "mlruns"),
                   "--progress", "False"]
-        overrides = [x for key, value in CANDIDATES[name].items() for x in (f"--{key}", value)]
-        train_s = run_bundle(["run", "training", "--config_file", "bundle/configs/train.yaml", *common, *overrides,
+        train_s = run_bundle("training", "train.yaml", [*common, *override_args(CANDIDATES[name]),
                               "--resume", "False", "--max_epochs", str(args.max_epochs),
                               "--time_limit_minutes", str(args.minutes)], log)
-        run_bundle(["run", "evaluating", "--config_file", "bundle/configs/evaluate.yaml", *common], log)
+        run_bundle("evaluating", "evaluate.yaml", common, log)
         summary = json.loads((out / "evaluation" / "summary.json").read_text())
         config = yaml.safe_load((out / "config.yaml").read_text())
         last = torch.load(max(out.glob("checkpoints/last_*.pt")), weights_only=True)
