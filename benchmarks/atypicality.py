@@ -33,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kit import RESULTS, command, machine_info, machine_summary, write_result
+from kit import RESULTS, command, load_slices, machine_info, machine_summary, split_records, write_result
 
-from oasis_gen.data import check_dataset
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
-from oasis_gen.generation.reference import split_slices
 from oasis_gen.inference.models import InferenceModels
 from oasis_gen.inference.run import run_networks
 from oasis_gen.utils.errors import OasisGenError
@@ -159,16 +157,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, object]:
           + f", VQ-VAE {pair.vqvae_path} ({size}px, {'two levels' if pair.two_level else 'one level'})", flush=True)
 
     ratios = tuple(float(v) for v in args.split_ratios.split(","))
-    report = check_dataset(args.dataset_dir, split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
-                           min_brain_fraction=args.min_brain_fraction, required_splits=[args.split], progress=False)
-    records = list(report.usable(skip_bad=True)[args.split])
-    if args.max_slices is not None and len(records) > args.max_slices:
-        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed))[:args.max_slices]
-        records = [records[i] for i in sorted(keep.tolist())]
+    records = split_records(args.dataset_dir, args.split, max_count=args.max_slices, choice_seed=args.seed,
+                            split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
+                            min_brain_fraction=args.min_brain_fraction)
     if len(records) < 2:
         raise SystemExit(f"need at least 2 slices in the {args.split} split of {args.dataset_dir}, found "
                          f"{len(records)}")
-    images, _ = split_slices(records, size)
+    images = load_slices(records, size)
 
     # a seeded random share of the slices gets a patch, each at a random place inside its brain
     rng = np.random.default_rng(args.seed)

@@ -211,15 +211,15 @@ def run_bundle(run_id: str, config_name: str, args: Iterable[str], log: Path, th
 # ------------------------------------------------------------------ slices
 
 
-def split_records(dataset_dir: str | Path, split: str, max_count: int | None = None, seed: int = 0,
+def split_records(dataset_dir: str | Path, split: str, *, max_count: int | None = None, choice_seed: int = 0,
                   **check: Any) -> list[dict]:
     """The usable slice records of one split of a dataset (bad files skipped), read as training reads them
-    (``check``: check_dataset's split and reader settings); at most ``max_count`` of them, chosen with ``seed``
-    and kept in their order."""
+    (``check``: check_dataset's split and reader settings, e.g. ``split_ratios``, ``seed``, ``axis``); at most
+    ``max_count`` of them, chosen with ``choice_seed`` and kept in their order."""
     report = check_dataset(dataset_dir, required_splits=[split], progress=False, **check)
     records = list(report.usable(skip_bad=True)[split])
     if max_count is not None and len(records) > max_count:
-        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:max_count]
+        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(choice_seed))[:max_count]
         records = [records[i] for i in sorted(keep.tolist())]
     return records
 

@@ -30,10 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-from kit import RESULTS, command, machine_info, machine_summary, write_result
-from monai.data import DataLoader, Dataset
+from kit import RESULTS, command, load_slices, machine_info, machine_summary, split_records, write_result
 
-from oasis_gen.data import check_dataset, decode_intensity, eval_transforms
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
@@ -77,19 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_slices(records: list[dict], image_size: int, batch_size: int) -> torch.Tensor:
-    """The slices ``[M, 1, H, W]`` in [0, 1], through the same transforms (uint8 cache) as the prior's codes."""
-    loader = DataLoader(Dataset(records, eval_transforms(image_size, "uint8")), batch_size=batch_size,
-                        shuffle=False, num_workers=0)
-    # plain tensors: slicing a batch of MONAI MetaTensors whose per-slice meta data differ is refused
-    return torch.cat([decode_intensity(_plain_tensor(batch["image"])) for batch in loader])
-
-
-def _plain_tensor(images: torch.Tensor) -> torch.Tensor:
-    """A MONAI MetaTensor's data as a plain tensor (other tensors unchanged)."""
-    return images.as_tensor() if hasattr(images, "as_tensor") else images
-
-
 def code_likelihood(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor | None,
                     batch_size: int) -> dict[str, float]:
     """NLL (bits/code) and top-1 accuracy of the prior on code grids ``[M, g, g]``."""
@@ -120,16 +105,15 @@ def run(args: argparse.Namespace, command: str) -> dict[str, object]:
           flush=True)
 
     ratios = tuple(float(v) for v in args.split_ratios.split(","))
-    report = check_dataset(args.dataset_dir, split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
-                           min_brain_fraction=args.min_brain_fraction, required_splits=[args.split], progress=False)
-    records = list(report.usable(skip_bad=True)[args.split])
+    records = split_records(args.dataset_dir, args.split, split_ratios=ratios, seed=args.split_seed,
+                            axis=args.slice_axis, min_brain_fraction=args.min_brain_fraction)
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
     if args.max_real is not None:
         order = order[:args.max_real]
     records = [records[i] for i in order]  # a random order: halves A and B below are random halves
     if len(records) < 4:
         raise SystemExit(f"need at least 4 real slices in the {args.split} split, found {len(records)}")
-    real = load_slices(records, size, args.batch_size)
+    real = load_slices(records, size)  # through the same transforms (uint8 cache) as the prior's codes
     codes = encode_images(vqvae, real, args.batch_size).cpu()
     labels = None
     if prior.num_classes is not None:

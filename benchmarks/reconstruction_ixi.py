@@ -41,8 +41,10 @@ from kit import (
     IXI_READER,
     RESULTS,
     WORK,
+    bundle_report,
     command,
     config_settings,
+    load_slices,
     machine_info,
     machine_summary,
     run_bundle,
@@ -53,7 +55,6 @@ from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from oasis_gen.bundle.configs import override_args
-from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
 from oasis_gen.utils.pictures import reconstruction_grid, save_png, tile, to_uint8
 
@@ -178,12 +179,6 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
         "top_perplexity_lowest": round(min(top), 1) if top else None,
         "phases_s": {"train_command": round(train_s, 1), "evaluate_command": round(eval_s, 1)},
     }
-
-
-def load_images(records: list[dict], image_size: int) -> torch.Tensor:
-    """The slices as the bundle caches them: (N, 1, S, S) uint8 through the project's evaluation chain."""
-    dataset = build_cache_dataset(records, eval_transforms(image_size, "uint8"), progress=False, name="slices")
-    return torch.stack([torch.as_tensor(dataset[i]["image"]).as_subclass(torch.Tensor) for i in range(len(dataset))])
 
 
 class GaussianBlur(nn.Module):
@@ -374,15 +369,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # the baseline's slices: the same records and images the bundle gets from the same settings
     phase = time.perf_counter()
-    defaults = config_settings("train.yaml")
-    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
-                           axis=reader.get("slice_axis", defaults["slice_axis"]),
-                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
-                           required_splits=["train", "validate", "test"], progress=False)
+    report = bundle_report(dataset, reader, ["train", "validate", "test"])
     records = report.usable()
     check_sizes(report, dataset)
-    train = load_images(records["train"], setting.image_size)
-    test = load_images(records["test"], setting.image_size)
+    train = load_slices(records["train"], setting.image_size, encoded=True)
+    test = load_slices(records["test"], setting.image_size, encoded=True)
     data_s = time.perf_counter() - phase
     examples = train[:: max(1, len(train) // 16)][:16]
     save_png(tile([to_uint8(image.float() / 255.0) for image in examples], columns=8),

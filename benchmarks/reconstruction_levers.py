@@ -26,15 +26,15 @@ from kit import (
     IXI_DIR,
     IXI_READER,
     RESULTS,
+    bundle_report,
     command,
     config_settings,
+    load_slices,
     machine_info,
     machine_summary,
     write_result,
 )
-from reconstruction_ixi import load_images
 
-from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
 from oasis_gen.data.transforms import decode_intensity
 from oasis_gen.engines.handlers import _LevelRestart, codebook_health
@@ -182,13 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info("cpu")
     defaults = config_settings("train.yaml")
     dataset, reader = (str(IXI_DIR), IXI_READER) if args.dataset == "ixi" else (demo_dataset(str(DEMO_DIR)), {})
-    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
-                           axis=reader.get("slice_axis", defaults["slice_axis"]),
-                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
-                           required_splits=["train", "validate"], progress=False)
-    records = report.usable()
-    train = load_images(records["train"], int(defaults["image_size"]))
-    validate = load_images(records["validate"], int(defaults["image_size"]))
+    records = bundle_report(dataset, reader, ["train", "validate"]).usable()
+    train = load_slices(records["train"], int(defaults["image_size"]), encoded=True)
+    validate = load_slices(records["validate"], int(defaults["image_size"]), encoded=True)
     rows = []
     for name in args.candidates:
         rows.append(run_candidate(name, train, validate, args.minutes, args.seed, args.schedule_minutes))

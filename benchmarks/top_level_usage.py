@@ -22,21 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kit import command, write_result
+from kit import command, load_slices, split_records, write_result
 
-from oasis_gen.data import check_dataset
-from oasis_gen.generation.reference import split_slices
 from oasis_gen.networks.vqvae import load_vqvae
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 
 def read_split(dataset_dir: Path, split: str, image_size: int, limit: int, seed: int = 0) -> torch.Tensor:
     """Up to ``limit`` slices (chosen with ``seed``) of one split of a dataset, through the project's data layer."""
-    report = check_dataset(dataset_dir, required_splits=[split], progress=False)
-    records = list(report.usable(skip_bad=True)[split])
+    records = split_records(dataset_dir, split, max_count=limit, choice_seed=seed)
     if not records:
         raise SystemExit(f"top_level_usage: no usable slices in the {split} split of {dataset_dir}")
-    return split_slices(records, image_size, max_count=limit, seed=seed)[0]
+    return load_slices(records, image_size)
 
 
 def conditional_entropy(codes: torch.Tensor) -> float:
