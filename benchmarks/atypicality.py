@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/atypicality.py [--prior-ckpt runs/demo/prior/checkpoints/model.pt] \\
-        [--top-prior-ckpt PATH] [--vqvae-ckpt PATH] [--dataset-dir data/demo] [--name demo]
+        [--top-prior-ckpt PATH] [--vqvae-ckpt PATH] [--dataset-dir data/demo] [--name atypicality_demo]
     .venv/bin/python benchmarks/atypicality.py --quick   # tiny random models and data: checks the plumbing only
 
 Takes one split (default: test) of the dataset, pastes a bright square patch (``--patch-px`` at 128 px, scaled
@@ -20,7 +20,8 @@ codes, so the ranking is that of the total bits). Reports:
 
 A two-level VQ-VAE is scored with its top and bottom priors (:class:`~oasis_gen.inferers.pixelcnn_inferer.
 TwoLevelPrior`), one map at the bottom grid that sums to the slice's total bits. Writes
-``<out-dir>/atypicality_<name>.md`` and ``.json`` (atomically) with the machine and the command line.
+``<out-dir>/<name>.md`` and ``.json`` (atomically; default ``atypicality_demo``, ``atypicality_quick`` with
+``--quick``) with the machine and the command line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kit import RESULTS, command, load_slices, machine_info, machine_summary, split_records, write_result
+from kit import command, load_slices, machine_info, machine_summary, result_options, split_records, write_result
 
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
@@ -41,7 +42,6 @@ from oasis_gen.inference.models import InferenceModels
 from oasis_gen.inference.run import run_networks
 from oasis_gen.utils.errors import OasisGenError
 
-DEFAULT_OUT_DIR = RESULTS
 BRAIN_THRESHOLD = 0.05  # intensity in [0, 1] above which a pixel counts as brain (the demo's background is 0)
 
 
@@ -64,15 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patched-share", type=float, default=0.5, help="share of the slices that get a patch")
     parser.add_argument("--seed", type=int, default=0, help="which slices get a patch, and where")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default=None, help="results go to atypicality_<name>.md/.json "
-                                                     "(default: demo, or quick with --quick)")
+    result_options(parser, None, "atypicality_demo, or atypicality_quick with --quick")
     parser.add_argument("--quick", action="store_true", help="tiny random checkpoints and data in a temporary "
                                                              "folder: checks the plumbing, measures nothing")
     parser.add_argument("--quick-levels", type=int, default=2, choices=(1, 2), help="--quick: VQ-VAE levels")
     args = parser.parse_args(argv)
     if args.name is None:
-        args.name = "quick" if args.quick else "demo"
+        args.name = "atypicality_quick" if args.quick else "atypicality_demo"
     return args
 
 
@@ -327,9 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atypicality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
-    stem = f"atypicality_{args.name}"
     print(text)
-    write_result(args.out_dir, stem, text, result, line)
+    write_result(args.out_dir, args.name, text, result, line)
     return 0
 
 

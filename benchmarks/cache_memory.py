@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from kit import RESULTS, ROOT, command, write_result
+from kit import ROOT, command, result_options, write_result
 from speed_parts.cache import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slices", type=int, default=OASIS_TRAIN_SLICES)
     parser.add_argument("--size", type=int, default=OASIS_SLICE_SIZE)
     parser.add_argument("--work", default="runs/benchmarks/oasis_sized")
+    result_options(parser, "cache_memory")
     args = parser.parse_args(argv)
     root = ROOT / args.work
     start = time.perf_counter()
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {r['cache_dtype']} | {r['cache_bytes'] / gib:.2f} | {r['rss_growth_bytes'] / gib:.2f} | "
               f"{r['peak_rss_growth_bytes'] / gib:.2f} | {r['seconds']:.0f} |" for r in rows]
     print("\n".join(lines))
-    write_result(RESULTS, "cache_memory", "\n".join(lines) + "\n", rows, line)
+    write_result(args.out_dir, args.name, "\n".join(lines) + "\n", rows, line)
 
 
 if __name__ == "__main__":

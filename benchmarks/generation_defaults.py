@@ -29,12 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kit import DEMO_DIR, IXI_DIR, IXI_READER, RESULTS, ROOT, command, machine_info, machine_summary, write_result
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    ROOT,
+    command,
+    machine_info,
+    machine_summary,
+    result_options,
+    write_result,
+)
 
 from oasis_gen.bundle.configs import bundle_command, config_path
 from oasis_gen.utils.files import write_text
-
-DEFAULT_OUT_DIR = RESULTS
 
 # candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
 BATCH32 = ["prior.batch_size=32", "prior_top.batch_size=32"]  # both priors' batch before issue 22
@@ -102,8 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="for both priors together: a third to the top prior, the rest to the bottom one")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_generation")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default=None, help="result file name (default: generation_<dataset>_<minutes>)")
+    result_options(parser, None, "generation_<dataset>_<vqvae minutes>+<prior minutes>min")
     parser.add_argument("--quick", action="store_true", help="tiny images and models, seconds (for the tests)")
     parser.add_argument("--vqvae-from", type=Path, default=None,
                         help="a candidate's runs folder of an earlier run: its VQ-VAE, evaluation and codes are "

@@ -125,12 +125,14 @@ def command(script: str | Path, argv: Sequence[str] | None = None) -> str:
 def result_options(parser: argparse.ArgumentParser, name: str | None, name_help: str = "",
                    out_dir: Path | None = RESULTS) -> None:
     """The options every entry point takes for its result files: ``--out-dir`` (also spelt ``--out``) and
-    ``--name``, the file name without suffix (``name``: its default)."""
-    where = "benchmarks/results" if out_dir == RESULTS else str(out_dir)
+    ``--name``, the file name without suffix (``name``: its default; ``name_help`` says what a None default
+    becomes). ``out_dir`` None: the script writes files only when given a folder."""
+    where = ("default: benchmarks/results" if out_dir == RESULTS else
+             "default: print the table only" if out_dir is None else f"default: {out_dir}")
     parser.add_argument("--out-dir", "--out", dest="out_dir", type=Path, default=out_dir,
-                        help=f"folder of the result files (default: {where})")
-    parser.add_argument("--name", default=name, help=name_help or f"result file name, without suffix (default: "
-                                                                  f"{name})")
+                        help=f"folder of the result files <name>.md and <name>.json ({where})")
+    parser.add_argument("--name", default=name,
+                        help=f"result file name, without suffix (default: {name_help or name})")
 
 
 def write_result(out_dir: str | Path, name: str, text: str, result: Any, command: str) -> tuple[Path, Path]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from kit import RESULTS, command, load_slices, machine_info, machine_summary, split_records, write_result
+from kit import command, load_slices, machine_info, machine_summary, result_options, split_records, write_result
 
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
@@ -48,7 +48,6 @@ from oasis_gen.metrics.image_metrics import (
 from oasis_gen.utils.errors import OasisGenError
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = RESULTS
 FEATURE_NOTE = ("VQ-VAE encoder output (before quantization), average- and max-pooled over the code grid: "
                 "{dims} features. Chosen over Inception features because it needs no download (works offline), "
                 "was trained on these very slices and takes any image size; figures compare priors of this "
@@ -70,8 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default="prior_quality", help="file name of the results (without suffix)")
+    result_options(parser, "prior_quality")
     return parser.parse_args(argv)
 
 

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import torch
-from kit import RESULTS, bundle_default, command, machine_info, machine_summary, write_result
+from kit import bundle_default, command, machine_info, machine_summary, result_options, write_result
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 from speed_parts.training import TrainingStep, time_steps, vqvae_training
 
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per variant")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of steps per variant and round")
     parser.add_argument("--quick", action="store_true", help="tiny images and rounds, a few seconds")
-    parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
-    parser.add_argument("--tag", default=None, help="name of the result files (default: quantizer_speed)")
+    result_options(parser, None, "quantizer_speed, or quantizer_speed_quick with --quick")
     args = parser.parse_args(argv)
     machine = machine_info("cpu")
     overrides = {"image_size": 32} if args.quick else {}
@@ -99,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{rows[-1]['indexed']['images_per_s']:.1f} ({rows[-1]['speedup']:.2f}x)", flush=True)
     result = {"command": command(__file__, argv), "machine": machine_summary(machine), "machine_info": machine,
               "quick": args.quick, "rounds": rounds, "seconds": seconds, "rows": rows}
-    tag = args.tag or ("quantizer_speed_quick" if args.quick else "quantizer_speed")
+    name = args.name or ("quantizer_speed_quick" if args.quick else "quantizer_speed")
     text = markdown(result)
     print(text)
-    write_result(args.out, tag, text, result, result["command"])
+    write_result(args.out_dir, name, text, result, result["command"])
     return 0
 
 

@@ -39,7 +39,6 @@ from kit import (
     DEMO_DIR,
     IXI_DIR,
     IXI_READER,
-    RESULTS,
     WORK,
     bundle_report,
     command,
@@ -47,6 +46,7 @@ from kit import (
     load_slices,
     machine_info,
     machine_summary,
+    result_options,
     run_bundle,
     write_result,
 )
@@ -137,10 +137,10 @@ def top_perplexities(store: Path, run_name: str) -> list[float]:
 
 
 def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, object], setting: Setting,
-                  work: Path, tag: str, max_epochs: int, epoch_steps: int | None, threads: int,
+                  work: Path, stem: str, max_epochs: int, epoch_steps: int | None, threads: int,
                   train_slices: int) -> dict:
     """Train one candidate through train.yaml for a budget, evaluate it with evaluate.yaml; return its row."""
-    out = work / f"{tag}-{name}-{minutes:g}min"
+    out = work / f"{stem}-{name}-{minutes:g}min"
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
@@ -204,7 +204,7 @@ def blur_references(test: torch.Tensor, sigmas: tuple[float, ...] = BLUR_SIGMAS)
 
 
 def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, setting: Setting, work: Path,
-                 tag: str, seed: int) -> dict:
+                 stem: str, seed: int) -> dict:
     """Train the baseline for a budget on the train slices, score it on the test slices; return its row."""
     torch.manual_seed(seed)
     network = BaselineVQVAE(**setting.baseline)
@@ -219,7 +219,7 @@ def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, settin
     with torch.no_grad():
         picked = test[:: max(1, len(test) // 8)][:8].float() / 255.0
         recon = network(picked)[0].clamp(0.0, 1.0)
-    save_png(reconstruction_grid(picked, recon), work / f"{tag}-baseline-{minutes:g}min" / "test_reconstructions.png")
+    save_png(reconstruction_grid(picked, recon), work / f"{stem}-baseline-{minutes:g}min" / "test_reconstructions.png")
     sizes = setting.baseline
     return {
         "budget_minutes": minutes, "model": "baseline", "kind": "baseline",
@@ -328,8 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every run")
     parser.add_argument("--seed", type=int, default=0, help="the baseline's seed (the bundle's is train.yaml's)")
     parser.add_argument("--work", default=None, help="where runs, logs and the MLflow store go")
-    parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
-    parser.add_argument("--tag", default=None, help="name of the result files (default: reconstruction_<dataset>)")
+    result_options(parser, None, "reconstruction_<dataset>, reconstruction_quick with --quick")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and models, a few seconds each")
     parser.add_argument("--blur-only", action="store_true",
                         help="score the blur scale on the test slices and stop (trains nothing)")
@@ -364,8 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(DEMO_DIR)), {}
     else:
         dataset_name, dataset, reader = args.dataset, str(Path(args.dataset).resolve()), {}
-    tag = args.tag or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
-    out_dir = Path(args.out)
+    stem = args.name or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
 
     # the baseline's slices: the same records and images the bundle gets from the same settings
     phase = time.perf_counter()
@@ -377,19 +375,19 @@ def main(argv: list[str] | None = None) -> None:
     data_s = time.perf_counter() - phase
     examples = train[:: max(1, len(train) // 16)][:16]
     save_png(tile([to_uint8(image.float() / 255.0) for image in examples], columns=8),
-             work / f"{tag}-train_slices.png")
+             work / f"{stem}-train_slices.png")
     print(f"data: {len(records['train'])} train, {len(records['validate'])} validate, {len(records['test'])} test "
-          f"slices, loaded in {data_s:.1f} s; examples in {work / f'{tag}-train_slices.png'}", flush=True)
+          f"slices, loaded in {data_s:.1f} s; examples in {work / f'{stem}-train_slices.png'}", flush=True)
 
     references = blur_references(test)
     rows = []
     for budget in minutes:
         for name in candidates:
-            rows.append(run_candidate(name, budget, dataset, reader, setting, work, tag, args.max_epochs,
+            rows.append(run_candidate(name, budget, dataset, reader, setting, work, stem, args.max_epochs,
                                       epoch_steps, args.threads, len(records["train"])))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
         if not args.no_baseline and (args.baseline_minutes is None or budget in args.baseline_minutes):
-            rows.append(run_baseline(budget, train, test, setting, work, tag, args.seed))
+            rows.append(run_baseline(budget, train, test, setting, work, stem, args.seed))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
 
     result = {
@@ -410,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         row["epochs"] = round(row["epochs"], 2)
     text = markdown(result)
     print(text)
-    write_result(out_dir, tag, text, result, result["command"])
+    write_result(args.out_dir, stem, text, result, result["command"])
     if temporary:
         temporary.cleanup()
 

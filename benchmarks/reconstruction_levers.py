@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,13 +24,13 @@ from kit import (
     DEMO_DIR,
     IXI_DIR,
     IXI_READER,
-    RESULTS,
     bundle_report,
     command,
     config_settings,
     load_slices,
     machine_info,
     machine_summary,
+    result_options,
     write_result,
 )
 
@@ -175,8 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                              "first minutes of a 30-minute run")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tag", default=None)
-    parser.add_argument("--out", default=str(RESULTS))
+    result_options(parser, None, "reconstruction_levers_<dataset>_<minutes>min")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     machine = machine_info("cpu")
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(run_candidate(name, train, validate, args.minutes, args.seed, args.schedule_minutes))
         print(json.dumps(rows[-1]), flush=True)
     line = command(__file__, argv)
-    tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
+    stem = args.name or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
     schedule = (f"; the learning rate anneals over {args.schedule_minutes:g} minutes (the start of a run of that "
                 "budget)" if args.schedule_minutes else "")
     lines = [f"# VQ-VAE levers at equal wall time ({args.minutes:g} min each), {args.dataset}, validation split",
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
               for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows}, line)
+    write_result(args.out_dir, stem, text, {"machine": machine, "minutes": args.minutes, "rows": rows}, line)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-from kit import RESULTS, command, machine_info, machine_summary, write_result
+from kit import command, machine_info, machine_summary, result_options, write_result
 from speed_parts.sampling import time_samplers
 
 from oasis_gen.networks.pixelcnn import GatedPixelCNN
-
-DEFAULT_OUT_DIR = RESULTS
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -61,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the incremental sampler")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    result_options(parser, "sampling")
     return parser.parse_args(argv)
 
 
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown(result)
     print()
     print(report)
-    write_result(args.out_dir, "sampling", report, result, result["command"])
+    write_result(args.out_dir, args.name, report, result, result["command"])
     return 0
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from kit import (
-    RESULTS,
     WORK,
     bundle_default,
     command,
@@ -39,6 +38,7 @@ from kit import (
     config_vqvae,
     machine_info,
     machine_summary,
+    result_options,
     write_result,
 )
 from speed_parts.cache import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
@@ -49,7 +49,6 @@ from speed_parts.training import matmul_rates, vqvae_throughput
 
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = RESULTS
 OASIS_SLICES_DIR = WORK / "oasis_sized"  # 9,664 PNGs, written once and reused
 OVERHEAD_GOAL = 0.05
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ QUICK = Plan(matmul_size=512, matmul_repeats=3, train_image_sizes=(32, 64), trai
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole run in well under a minute")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="folder of speed.md and speed.json")
+    result_options(parser, "speed")
     return parser.parse_args(argv)
 
 
@@ -372,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown(result)
     print()
     print(report)
-    write_result(args.out, "speed", report, result, result["command"])
+    write_result(args.out_dir, args.name, report, result, result["command"])
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kit import command, load_slices, split_records, write_result
+from kit import command, load_slices, result_options, split_records, write_result
 
 from oasis_gen.networks.vqvae import load_vqvae
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-dir", type=Path, required=True, help="a dataset (OASIS PNG layout or volumes)")
     parser.add_argument("--split", default="validate")
     parser.add_argument("--limit", type=int, default=192, help="at most this many slices")
-    parser.add_argument("--out-dir", type=Path, default=None, help="also write <out-dir>/<name>.md and .json")
-    parser.add_argument("--name", default="top_level_usage")
+    result_options(parser, "top_level_usage", out_dir=None)
     args = parser.parse_args(argv)
     rows = []
     for path in args.checkpoints:

@@ -5,7 +5,7 @@ Each candidate runs the real bundle (``python -m monai.bundle run training`` wit
 per second and parameters.
 
     .venv/bin/python benchmarks/vqvae_cpu.py --minutes 4                       # compare the candidates
-    .venv/bin/python benchmarks/vqvae_cpu.py --minutes 20 --candidates base --max-epochs 40 --tag quality-bar
+    .venv/bin/python benchmarks/vqvae_cpu.py --minutes 20 --candidates base --max-epochs 40 --name quality_bar
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 
 import torch
 import yaml
-from kit import RESULTS, ROOT, command, machine_info, machine_summary, run_bundle, write_result
+from kit import ROOT, command, machine_info, machine_summary, result_options, run_bundle, write_result
 
 from oasis_gen.bundle.configs import override_args
 
@@ -34,15 +34,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="data/demo", help="dataset (default: the demo cohort)")
     parser.add_argument("--work", default="runs/benchmarks", help="where runs and the MLflow store go")
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs the LR schedule spans")
-    parser.add_argument("--tag", default="vqvae_cpu", help="name of the result files")
+    result_options(parser, "vqvae_cpu", "vqvae_cpu; also names the runs under --work")
     args = parser.parse_args(argv)
 
     machine = machine_summary(machine_info("cpu"))  # before the runs: the load average is the one they started under
     work = ROOT / args.work
     rows = []
     for name in args.candidates:
-        out = work / f"{args.tag}-{name}"
-        log = work / f"{args.tag}-{name}.log"
+        out = work / f"{args.name}-{name}"
+        log = work / f"{args.name}-{name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         common = ["--dataset_dir", args.dataset, "--output_dir", str(out), "--tracking_uri", str(work / "mlruns"),
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
               for r in rows]
     print("\n".join(lines))
     result = {"machine": machine, "minutes": args.minutes, "rows": rows}
-    write_result(RESULTS, args.tag, "\n".join(lines) + "\n", result, line)
+    write_result(args.out_dir, args.name, "\n".join(lines) + "\n", result, line)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ ROW_IDS = {
 def quick_run(tmp_path_factory) -> dict:
     """One `speed.py --quick` run through its command line, as a user runs it."""
     out = tmp_path_factory.mktemp("speed")
-    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--quick", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--quick", "--out-dir", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"out": out, "stdout": done.stdout, "result": json.loads((out / "speed.json").read_text()),
