@@ -17,8 +17,12 @@ axial slices, slices with under 25 % head dropped); ``--dataset demo`` uses the 
 
     python benchmarks/reconstruction_ixi.py --minutes 3 10 30                 # IXI, every candidate and budget
     python benchmarks/reconstruction_ixi.py --dataset demo --minutes 3 10 30  # the demo cohort
-    python benchmarks/reconstruction_ixi.py --quick --out /tmp/q              # tiny sizes, seconds (for the tests)
+    python benchmarks/reconstruction_ixi.py --quick --out-dir /tmp/q          # tiny sizes, seconds (for the tests)
     python benchmarks/reconstruction_ixi.py --blur-only                       # the blur scale alone, seconds
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically) and prints the table; ``--name`` defaults to
+``reconstruction_ixi`` (IXI), ``reconstruction_ixi_<dataset>`` (another dataset, e.g. ``reconstruction_ixi_demo``)
+or ``reconstruction_ixi_quick`` (``--quick``). Runs, logs, example pictures and the MLflow store go under ``--work``.
 """
 
 from __future__ import annotations
@@ -328,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every run")
     parser.add_argument("--seed", type=int, default=0, help="the baseline's seed (the bundle's is train.yaml's)")
     parser.add_argument("--work", default=None, help="where runs, logs and the MLflow store go")
-    result_options(parser, None, "reconstruction_<dataset>, reconstruction_quick with --quick")
+    result_options(parser, None, "reconstruction_ixi, reconstruction_ixi_<dataset> for another dataset, "
+                                 "reconstruction_ixi_quick with --quick")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and models, a few seconds each")
     parser.add_argument("--blur-only", action="store_true",
                         help="score the blur scale on the test slices and stop (trains nothing)")
@@ -363,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(DEMO_DIR)), {}
     else:
         dataset_name, dataset, reader = args.dataset, str(Path(args.dataset).resolve()), {}
-    stem = args.name or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
+    suffix = "_quick" if args.quick else "" if args.dataset == "ixi" else f"_{Path(args.dataset).name}"
+    stem = args.name or f"reconstruction_ixi{suffix}"  # the script's name first, whatever the dataset
 
     # the baseline's slices: the same records and images the bundle gets from the same settings
     phase = time.perf_counter()
