@@ -6,7 +6,8 @@ peaks do not mix), and reports the bytes held by the cached tensors and the resi
 
     .venv/bin/python benchmarks/cache_memory.py [--slices 9664] [--size 256]
 
-Writes ``<out-dir>/cache_memory.md`` and ``.json`` (``--name`` for another file name) and prints the table.
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``cache_memory``) and prints the table.
+``speed.py`` measures the uint8 cache the same way (``speed_parts/cache.py``).
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ Usage::
     .venv/bin/python benchmarks/generation_defaults.py                      # demo cohort, the demo's budget
     .venv/bin/python benchmarks/generation_defaults.py --vqvae-minutes 10 --prior-minutes 20 --name gen_30min
     .venv/bin/python benchmarks/generation_defaults.py --dataset ixi       # real T1 volumes in ../shared (IXI)
-    .venv/bin/python benchmarks/generation_defaults.py --candidates today,grid16
+    .venv/bin/python benchmarks/generation_defaults.py --candidates two_level,single_level
 
 ``--quick`` trains tiny models for seconds on a tiny demo cohort (what the test suite runs so this cannot rot).
-Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically) and prints the table.
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically; ``--name`` defaults to
+``generation_<dataset>_<vqvae minutes>+<prior minutes>min``, e.g. ``generation_demo_3+3min``) and prints the table;
+the candidates' runs go under ``--runs-dir``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Measures, on one split (default: test) of the dataset:
 * MS-SSIM diversity (1 - mean pairwise MS-SSIM) of the samples and of as many real slices;
 * the time to draw and decode the samples.
 
-Writes ``<out-dir>/prior_quality.md`` and ``<out-dir>/prior_quality.json`` (atomically) and prints the table.
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically; ``--name`` defaults to ``prior_quality``) and prints the
+table.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ minute of the machine falls on both; the table has the median step of each, in i
 codebook size asked for.
 
     python benchmarks/quantizer_speed.py                         # K = train.yaml's and 512, 5 rounds of 10 s
-    python benchmarks/quantizer_speed.py --quick --out /tmp/q    # tiny sizes, seconds (for the tests)
+    python benchmarks/quantizer_speed.py --quick --out-dir /tmp/q    # tiny sizes, seconds (for the tests)
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``quantizer_speed``, ``quantizer_speed_quick``
+with ``--quick``) and prints the table.
 """
 
 from __future__ import annotations

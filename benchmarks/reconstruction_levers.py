@@ -8,6 +8,9 @@ caching and validations, so that many levers fit in an hour. Candidates are scor
 
     python benchmarks/reconstruction_levers.py --minutes 2.5 --candidates default channels_last lr4e-3
     python benchmarks/reconstruction_levers.py --dataset demo --minutes 2.5
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``reconstruction_levers_<dataset>_<minutes>min``,
+e.g. ``reconstruction_levers_ixi_2.5min``) and prints the table.
 """
 
 from __future__ import annotations

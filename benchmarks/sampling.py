@@ -11,7 +11,8 @@ the whole grid for every position, so each of its steps costs the same: it is ti
 linearly to the full grid, which the report states. Both samplers are also checked to draw the same codes on the
 timed positions.
 
-Writes ``<out-dir>/sampling.md`` (a Markdown table) and ``<out-dir>/sampling.json``, and prints the table.
+Writes ``<out-dir>/<name>.md`` (a Markdown table) and ``.json`` (``--name`` defaults to ``sampling``), and prints the
+table. ``speed.py`` times the same samplers with the bundle's default prior (``speed_parts/sampling.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The speed benchmark in one command: compute rate, training throughput, pipeline overhead, inference, sampling
 and cache memory, written as a Markdown table with the machine it ran on.
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--out benchmarks/results]
+    .venv/bin/python benchmarks/speed.py [--quick] [--out-dir benchmarks/results]
 
 Measures, with the bundle's defaults read from ``bundle/configs/*.yaml`` (each part a module of ``speed_parts/``):
 
@@ -15,7 +15,7 @@ Measures, with the bundle's defaults read from ``bundle/configs/*.yaml`` (each p
 6. peak memory of the OASIS-sized cached train split (9,664 slices of 256x256), in a fresh process.
 
 ``--quick`` shrinks every size so the whole run takes well under a minute (the smoke test runs it). Writes
-``<out>/speed.md`` and ``<out>/speed.json`` (atomically) and prints the table.
+``<out-dir>/speed.md`` and ``<out-dir>/speed.json`` (atomically; ``--name`` for another name) and prints the table.
 """
 
 from __future__ import annotations

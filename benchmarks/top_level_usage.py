@@ -13,6 +13,9 @@ the project's data layer, as training reads them):
 Usage::
 
     .venv/bin/python benchmarks/top_level_usage.py runs/demo/vqvae/checkpoints/model.pt --dataset-dir data/demo
+
+Prints the table; with ``--out-dir`` also writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to
+``top_level_usage``; benchmarks/results/top_level_usage_demo.md is one).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ per second and parameters.
 
     .venv/bin/python benchmarks/vqvae_cpu.py --minutes 4                       # compare the candidates
     .venv/bin/python benchmarks/vqvae_cpu.py --minutes 20 --candidates base --max-epochs 40 --name quality_bar
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``vqvae_cpu``; it also names the candidates'
+runs and logs under ``--work``) and prints the table.
 """
 
 from __future__ import annotations
