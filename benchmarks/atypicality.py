@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/atypicality.py [--prior-ckpt runs/demo/prior/checkpoints/model.pt] \\
-        [--top-prior-ckpt PATH] [--vqvae-ckpt PATH] [--dataset-dir data/demo] [--name demo]
+        [--top-prior-ckpt PATH] [--vqvae-ckpt PATH] [--dataset-dir data/demo] [--name atypicality_demo]
     .venv/bin/python benchmarks/atypicality.py --quick   # tiny random models and data: checks the plumbing only
 
 Takes one split (default: test) of the dataset, pastes a bright square patch (``--patch-px`` at 128 px, scaled
@@ -20,13 +20,13 @@ codes, so the ranking is that of the total bits). Reports:
 
 A two-level VQ-VAE is scored with its top and bottom priors (:class:`~oasis_gen.inferers.pixelcnn_inferer.
 TwoLevelPrior`), one map at the bottom grid that sums to the slice's total bits. Writes
-``<out-dir>/atypicality_<name>.md`` and ``.json`` (atomically) with the machine and the command line.
+``<out-dir>/<name>.md`` and ``.json`` (atomically; default ``atypicality_demo``, ``atypicality_quick`` with
+``--quick``) with the machine and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -34,18 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import command, load_slices, machine_info, machine_summary, result_options, split_records, write_result
 
-from oasis_gen.data import check_dataset
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
-from oasis_gen.generation.reference import split_slices
 from oasis_gen.inference.inferer import run_networks
 from oasis_gen.inference.models import InferenceModels
 from oasis_gen.utils.errors import OasisGenError
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 BRAIN_THRESHOLD = 0.05  # intensity in [0, 1] above which a pixel counts as brain (the demo's background is 0)
 
 
@@ -68,15 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patched-share", type=float, default=0.5, help="share of the slices that get a patch")
     parser.add_argument("--seed", type=int, default=0, help="which slices get a patch, and where")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default=None, help="results go to atypicality_<name>.md/.json "
-                                                     "(default: demo, or quick with --quick)")
+    result_options(parser, None, "atypicality_demo, or atypicality_quick with --quick")
     parser.add_argument("--quick", action="store_true", help="tiny random checkpoints and data in a temporary "
                                                              "folder: checks the plumbing, measures nothing")
     parser.add_argument("--quick-levels", type=int, default=2, choices=(1, 2), help="--quick: VQ-VAE levels")
     args = parser.parse_args(argv)
     if args.name is None:
-        args.name = "quick" if args.quick else "demo"
+        args.name = "atypicality_quick" if args.quick else "atypicality_demo"
     return args
 
 
@@ -161,16 +155,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, object]:
           + f", VQ-VAE {pair.vqvae_path} ({size}px, {'two levels' if pair.two_level else 'one level'})", flush=True)
 
     ratios = tuple(float(v) for v in args.split_ratios.split(","))
-    report = check_dataset(args.dataset_dir, split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
-                           min_brain_fraction=args.min_brain_fraction, required_splits=[args.split], progress=False)
-    records = list(report.usable(skip_bad=True)[args.split])
-    if args.max_slices is not None and len(records) > args.max_slices:
-        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed))[:args.max_slices]
-        records = [records[i] for i in sorted(keep.tolist())]
+    records = split_records(args.dataset_dir, args.split, max_count=args.max_slices, choice_seed=args.seed,
+                            split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
+                            min_brain_fraction=args.min_brain_fraction)
     if len(records) < 2:
         raise SystemExit(f"need at least 2 slices in the {args.split} split of {args.dataset_dir}, found "
                          f"{len(records)}")
-    images, _ = split_slices(records, size)
+    images = load_slices(records, size)
 
     # a seeded random share of the slices gets a patch, each at a random place inside its brain
     rng = np.random.default_rng(args.seed)
@@ -321,24 +312,21 @@ def quick_inputs(folder: Path, levels: int) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join([Path(sys.executable).name, "benchmarks/atypicality.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    line = command(__file__, argv)
     try:
         if args.quick:
             with tempfile.TemporaryDirectory(prefix="atypicality-quick-") as folder:
                 paths = quick_inputs(Path(folder), args.quick_levels)
                 args.prior_ckpt, args.vqvae_ckpt, args.dataset_dir = paths["prior"], paths["vqvae"], paths["data"]
-                result = run(args, command)
+                result = run(args, line)
         else:
-            result = run(args, command)
+            result = run(args, line)
     except OasisGenError as err:
         print(f"atypicality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
-    stem = f"atypicality_{args.name}"
-    write_result(args.out_dir, stem, text, result)
     print(text)
-    print(f"written: {args.out_dir / (stem + '.md')} and .json")
+    write_result(args.out_dir, args.name, text, result, line)
     return 0
 
 

@@ -15,7 +15,9 @@ this module uses 32 (``res_channels``, the width DeepMind's reference model give
 the model at 0.25 M parameters, near the ~0.26 M the description states (an inner width of 64 would make it 0.33 M).
 
 This is deliberately not the project's code path (the bundle is the only trainer of the project's models): it is
-the yardstick the project's VQ-VAE is held against, trained on the same slices for the same wall time.
+the yardstick the project's VQ-VAE is held against, trained on the same slices for the same wall time. A module,
+not a script: reconstruction_ixi.py trains it and reconstruction_levers.py scores with its ``evaluate``; it writes
+no result file.
 """
 
 from __future__ import annotations

@@ -1,83 +1,31 @@
 """Memory of an OASIS-sized cached train split: 9,664 slices at 256x256, cached as uint8, float16 and float32.
 
-Writes 9,664 real 256x256 8-bit PNGs in the OASIS layout (brain-like ellipses, so nothing is special-cased),
-builds the project's CacheDataset over them in a fresh process per dtype (so peaks do not mix), and reports the
-bytes held by the cached tensors and the resident memory of the process.
+Writes 9,664 real 256x256 8-bit PNGs in the OASIS layout (brain-like ellipses, so nothing is special-cased) under
+``--work`` (kept for the next run), builds the project's CacheDataset over them in a fresh process per dtype (so
+peaks do not mix), and reports the bytes held by the cached tensors and the resident memory of the process.
 
     .venv/bin/python benchmarks/cache_memory.py [--slices 9664] [--size 256]
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``cache_memory``) and prints the table.
+``speed.py`` measures the uint8 cache the same way (``speed_parts/cache.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from oasis_gen.utils.files import write_text
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-OASIS_TRAIN_SLICES = 9664  # the OASIS keras_png_slices_train folder
-OASIS_SLICE_SIZE = 256
-
-# run in a fresh interpreter: the peak resident memory is then this caching's alone
-MEASURE = """
-import gc, json, resource, sys, time
-def rss():
-    return next(int(line.split()[1]) * 1024 for line in open('/proc/self/status') if line.startswith('VmRSS'))
-from oasis_gen.data import build_cache_dataset, cache_nbytes, check_dataset, train_transforms
-report = check_dataset(sys.argv[1], required_splits=['train'], progress=False)
-records = report.usable()['train']
-gc.collect()
-before, peak_before = rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-start = time.perf_counter()
-dataset = build_cache_dataset(records, train_transforms(int(sys.argv[2]), sys.argv[3]), progress=False)
-seconds = time.perf_counter() - start
-gc.collect()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"slices": len(dataset), "cache_bytes": cache_nbytes(dataset), "rss_before_bytes": before,
-                  "rss_after_bytes": rss(), "rss_growth_bytes": rss() - before, "peak_rss_bytes": peak,
-                  "peak_rss_growth_bytes": peak - peak_before, "seconds": seconds}))
-"""
+from kit import ROOT, command, result_options, write_result
+from speed_parts.cache import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
 
 
-def write_slices(root: Path, count: int, size: int, split: str = "train") -> Path:
-    """Write count brain-like 8-bit PNG slices in an OASIS split folder (skipped if already there); return root."""
-    folder = root / f"keras_png_slices_{split}"
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == count:
-        return root
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
-    for i in range(count):
-        subject, k = divmod(i, 32)
-        inside = (yy / (0.3 + 0.05 * rng.random())) ** 2 + (xx / (0.25 + 0.05 * rng.random())) ** 2 < 1
-        pixels = np.where(inside, 80 + 150 * rng.random((size, size)), 0).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"case_{split}{subject:03d}_slice_{k}.nii.png")
-    return root
-
-
-def measure_cache(root: Path, size: int, cache_dtype: str = "uint8") -> dict[str, float]:
-    """Cache the train split under root at size x size in a fresh process: bytes held, RSS, peak RSS and seconds."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(root), str(size), cache_dtype], capture_output=True,
-                         text=True, cwd=ROOT)
-    if out.returncode:
-        raise RuntimeError(f"caching {root} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-    return {"cache_dtype": cache_dtype, "size": size, **json.loads(out.stdout.strip().splitlines()[-1])}
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=OASIS_TRAIN_SLICES)
     parser.add_argument("--size", type=int, default=OASIS_SLICE_SIZE)
     parser.add_argument("--work", default="runs/benchmarks/oasis_sized")
-    args = parser.parse_args()
+    result_options(parser, "cache_memory")
+    args = parser.parse_args(argv)
     root = ROOT / args.work
     start = time.perf_counter()
     write_slices(root, args.slices, args.size)
@@ -87,16 +35,16 @@ def main() -> None:
         rows.append(measure_cache(root, args.size, dtype))
         print(rows[-1], flush=True)
     gib = 1024**3
+    line = command(__file__, argv)
     lines = [f"# Cache memory: {args.slices} slices at {args.size}x{args.size} (the OASIS train split's size)", "",
-             "Command: `.venv/bin/python benchmarks/cache_memory.py`", "",
+             f"Command: `{line}`", "",
              "| cache dtype | cached tensors (GiB) | process RSS growth, after caching (GiB) | peak RSS growth (GiB) "
              "| caching time (s) |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['cache_dtype']} | {r['cache_bytes'] / gib:.2f} | {r['rss_growth_bytes'] / gib:.2f} | "
               f"{r['peak_rss_growth_bytes'] / gib:.2f} | {r['seconds']:.0f} |" for r in rows]
-    write_text(RESULTS / "cache_memory.md", "\n".join(lines) + "\n")
-    write_text(RESULTS / "cache_memory.json", json.dumps(rows, indent=2))
     print("\n".join(lines))
+    write_result(args.out_dir, args.name, "\n".join(lines) + "\n", rows, line)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ Usage::
     .venv/bin/python benchmarks/generation_defaults.py                      # demo cohort, the demo's budget
     .venv/bin/python benchmarks/generation_defaults.py --vqvae-minutes 10 --prior-minutes 20 --name gen_30min
     .venv/bin/python benchmarks/generation_defaults.py --dataset ixi       # real T1 volumes in ../shared (IXI)
-    .venv/bin/python benchmarks/generation_defaults.py --candidates today,grid16
+    .venv/bin/python benchmarks/generation_defaults.py --candidates two_level,single_level
 
 ``--quick`` trains tiny models for seconds on a tiny demo cohort (what the test suite runs so this cannot rot).
-Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically) and prints the table.
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically; ``--name`` defaults to
+``generation_<dataset>_<vqvae minutes>+<prior minutes>min``, e.g. ``generation_demo_3+3min``) and prints the table;
+the candidates' runs go under ``--runs-dir``.
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    ROOT,
+    command,
+    machine_info,
+    machine_summary,
+    result_options,
+    write_result,
+)
 
+from oasis_gen.bundle.configs import bundle_command, config_path
 from oasis_gen.utils.files import write_text
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
-IXI_DIR = ROOT.parent / "shared" / "data" / "ixi_t1"   # benchmarks only: never a default or a test's input
 
 # candidate -> pipeline --set overrides (stage.key=value); the demo pipeline's defaults are the base
 BATCH32 = ["prior.batch_size=32", "prior_top.batch_size=32"]  # both priors' batch before issue 22
@@ -84,9 +92,8 @@ SAMPLING: dict[str, list[str]] = {
     "topp0.9both": ["top_p#bottom=0.9", "top_p#top=0.9"],
     "T0.9": ["temperature=0.9"],
 }
-# axial slices of the IXI volumes (stored P-S-R, turned to RAS by the reader); min_brain_fraction 0.25 drops the neck
-# and the skull cap
-IXI_SETTINGS = ["slice_axis=axial", "min_brain_fraction=0.25"]
+# the IXI volumes' reader settings (kit.IXI_READER) as the stages' overrides
+IXI_SETTINGS = [f"{key}={value}" for key, value in IXI_READER.items()]
 DATA_STAGES = ("vqvae", "evaluation", "codes", "prior_top", "prior", "sampling")
 QUICK = ["data.subjects=9", "data.size=32", "data.slices_per_subject=4",
          "vqvae.image_size=32", "vqvae.channels=[8,16]", "vqvae.num_embeddings=16", "vqvae.embedding_dim=8",
@@ -105,8 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="for both priors together: a third to the top prior, the rest to the bottom one")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_generation")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default=None, help="result file name (default: generation_<dataset>_<minutes>)")
+    result_options(parser, None, "generation_<dataset>_<vqvae minutes>+<prior minutes>min")
     parser.add_argument("--quick", action="store_true", help="tiny images and models, seconds (for the tests)")
     parser.add_argument("--vqvae-from", type=Path, default=None,
                         help="a candidate's runs folder of an earlier run: its VQ-VAE, evaluation and codes are "
@@ -135,7 +141,7 @@ def pipeline_command(args: argparse.Namespace, candidate: str, runs_dir: Path) -
         settings += [f"data_dir={IXI_DIR}"]
         settings += [f"{stage}.{item}" for stage in DATA_STAGES for item in IXI_SETTINGS]
     else:
-        settings += [f"data_dir={args.runs_dir / 'data_quick' if args.quick else ROOT / 'data' / 'demo'}"]
+        settings += [f"data_dir={args.runs_dir / 'data_quick' if args.quick else DEMO_DIR}"]
     if args.quick:
         scan = args.runs_dir / "data_quick" / "keras_png_slices_test" / "case_005_slice_1.nii.png"  # a test slice
         quick = [item for item in QUICK if not (single and item.startswith("prior_top."))]
@@ -223,13 +229,11 @@ def run_sampling_variant(args: argparse.Namespace, candidate: str, variant: str,
                          evaluation: dict[str, Any]) -> dict[str, Any]:
     """Sample a candidate's trained priors once more with a sampling variant (sample.yaml, as the pipeline does)."""
     out = runs_dir / f"samples_{variant}"
-    data_dir = IXI_DIR if args.dataset == "ixi" else (args.runs_dir / "data_quick" if args.quick
-                                                       else ROOT / "data" / "demo")
-    command = [sys.executable, "-m", "monai.bundle", "run", "sampling", "--config_file",
-               str(ROOT / "bundle" / "configs" / "sample.yaml"), "--prior_ckpt",
-               str(runs_dir / "prior" / "checkpoints" / "model.pt"), "--output_dir", str(out), "--num_samples",
-               str(args.num_samples), "--dataset_dir", str(data_dir), "--tracking_uri", str(runs_dir.parent / "mlruns"),
-               "--progress", "false"]
+    data_dir = IXI_DIR if args.dataset == "ixi" else (args.runs_dir / "data_quick" if args.quick else DEMO_DIR)
+    command = bundle_command("sampling", [config_path("sample.yaml")], [
+        "--prior_ckpt", str(runs_dir / "prior" / "checkpoints" / "model.pt"), "--output_dir", str(out),
+        "--num_samples", str(args.num_samples), "--dataset_dir", str(data_dir),
+        "--tracking_uri", str(runs_dir.parent / "mlruns"), "--progress", "false"])
     if args.quick:
         command += ["--plausibility_epochs", "2"]
     for item in (IXI_SETTINGS if args.dataset == "ixi" else []) + SAMPLING[variant]:
@@ -313,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"dataset": args.dataset, "vqvae_minutes": args.vqvae_minutes, "prior_minutes": args.prior_minutes,
               "top_share": args.top_share,
               "num_samples": args.num_samples, "machine": machine_info(),
-              "command": "python benchmarks/generation_defaults.py " + " ".join(argv if argv is not None
-                                                                              else sys.argv[1:]),
+              "command": command(__file__, argv),
               "vqvae_from": None if args.vqvae_from is None else str(args.vqvae_from),
               "candidates": []}
     for candidate in names:
@@ -324,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             args.vqvae_from = Path(rows[0]["runs_dir"])
             result["vqvae_from"] = f"{args.vqvae_from} (trained by the first candidate)"
     text = markdown(result)
-    write_result(args.out_dir, name, text, result)
     print(text)
+    write_result(args.out_dir, name, text, result, result["command"])
     return 0
 
 

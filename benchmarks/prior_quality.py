@@ -18,7 +18,8 @@ Measures, on one split (default: test) of the dataset:
 * MS-SSIM diversity (1 - mean pairwise MS-SSIM) of the samples and of as many real slices;
 * the time to draw and decode the samples.
 
-Writes ``<out-dir>/prior_quality.md`` and ``<out-dir>/prior_quality.json`` (atomically) and prints the table.
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically; ``--name`` defaults to ``prior_quality``) and prints the
+table.
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
-from monai.data import DataLoader, Dataset
+from kit import command, load_slices, machine_info, machine_summary, result_options, split_records, write_result
 
-from oasis_gen.data import check_dataset, decode_intensity, eval_transforms
 from oasis_gen.generation.codes import slice_labels
 from oasis_gen.generation.pair import load_pair
 from oasis_gen.inferers.pixelcnn_inferer import decode_codes, encode_images
@@ -51,7 +49,6 @@ from oasis_gen.metrics import (
 from oasis_gen.utils.errors import OasisGenError
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 FEATURE_NOTE = ("VQ-VAE encoder output (before quantization), average- and max-pooled over the code grid: "
                 "{dims} features. Chosen over Inception features because it needs no download (works offline), "
                 "was trained on these very slices and takes any image size; figures compare priors of this "
@@ -73,22 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--name", default="prior_quality", help="file name of the results (without suffix)")
+    result_options(parser, "prior_quality")
     return parser.parse_args(argv)
-
-
-def load_slices(records: list[dict], image_size: int, batch_size: int) -> torch.Tensor:
-    """The slices ``[M, 1, H, W]`` in [0, 1], through the same transforms (uint8 cache) as the prior's codes."""
-    loader = DataLoader(Dataset(records, eval_transforms(image_size, "uint8")), batch_size=batch_size,
-                        shuffle=False, num_workers=0)
-    # plain tensors: slicing a batch of MONAI MetaTensors whose per-slice meta data differ is refused
-    return torch.cat([decode_intensity(_plain_tensor(batch["image"])) for batch in loader])
-
-
-def _plain_tensor(images: torch.Tensor) -> torch.Tensor:
-    """A MONAI MetaTensor's data as a plain tensor (other tensors unchanged)."""
-    return images.as_tensor() if hasattr(images, "as_tensor") else images
 
 
 def code_likelihood(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor | None,
@@ -111,7 +94,7 @@ def code_likelihood(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.T
             "codes_used": int((counts > 0).sum())}
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace, command: str) -> dict[str, object]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = machine_info(device)
     started = time.perf_counter()
@@ -121,16 +104,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
           flush=True)
 
     ratios = tuple(float(v) for v in args.split_ratios.split(","))
-    report = check_dataset(args.dataset_dir, split_ratios=ratios, seed=args.split_seed, axis=args.slice_axis,
-                           min_brain_fraction=args.min_brain_fraction, required_splits=[args.split], progress=False)
-    records = list(report.usable(skip_bad=True)[args.split])
+    records = split_records(args.dataset_dir, args.split, split_ratios=ratios, seed=args.split_seed,
+                            axis=args.slice_axis, min_brain_fraction=args.min_brain_fraction)
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
     if args.max_real is not None:
         order = order[:args.max_real]
     records = [records[i] for i in order]  # a random order: halves A and B below are random halves
     if len(records) < 4:
         raise SystemExit(f"need at least 4 real slices in the {args.split} split, found {len(records)}")
-    real = load_slices(records, size, args.batch_size)
+    real = load_slices(records, size)  # through the same transforms (uint8 cache) as the prior's codes
     codes = encode_images(vqvae, real, args.batch_size).cpu()
     labels = None
     if prior.num_classes is not None:
@@ -176,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                  "count": diversity_count, "ms_ssim_scales": scales, "ms_ssim_kernel": kernel}
 
     return {
+        "command": command,
         "machine": machine,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": models.describe(),
@@ -205,6 +188,8 @@ def markdown(result: dict) -> str:
         f"grid, {prior['num_layers']} layers x {prior['channels']} channels, classes: {prior['num_classes']}); "
         f"VQ-VAE `{models['vqvae_ckpt']}` ({data['image_size']}px). Dataset `{result['settings']['dataset_dir']}`, "
         f"{data['split']} split: {data['real_slices']} slices. Device {machine['device']}; {machine_summary(machine)}",
+        "",
+        f"Command: `{result['command']}` ({result['total_seconds']:.1f} s).",
         "",
         f"## Held-out codes ({data['split']} split, {data['real_slices']} slices)",
         "",
@@ -257,14 +242,13 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = run(args)
+        result = run(args, command(__file__, argv))
     except OasisGenError as err:
         print(f"prior_quality: error: {err}", file=sys.stderr)
         return 1
     text = markdown(result)
-    write_result(args.out_dir, args.name, text, result)
     print(text)
-    print(f"written: {args.out_dir / (args.name + '.md')} and .json")
+    write_result(args.out_dir, args.name, text, result, result["command"])
     return 0
 
 

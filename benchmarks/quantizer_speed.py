@@ -1,37 +1,34 @@
 """The VQ-VAE's training step with MONAI's EMAQuantizer and with the project's IndexedEMAQuantizer, on this machine.
 
 Both variants are train.yaml's network, optimizer, loss and batch size (with their codebooks copied from one
-another, so they start equal) and take the step MONAI's SupervisedTrainer takes (``bench_training.TrainingStep``),
+another, so they start equal) and take the step MONAI's SupervisedTrainer takes (``speed_parts.training.TrainingStep``),
 on random images of the bundle's size in its memory layout. Rounds alternate between the two so that a slow
 minute of the machine falls on both; the table has the median step of each, in images per second, for each
 codebook size asked for.
 
     python benchmarks/quantizer_speed.py                         # K = train.yaml's and 512, 5 rounds of 10 s
-    python benchmarks/quantizer_speed.py --quick --out /tmp/q    # tiny sizes, seconds (for the tests)
+    python benchmarks/quantizer_speed.py --quick --out-dir /tmp/q    # tiny sizes, seconds (for the tests)
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``quantizer_speed``, ``quantizer_speed_quick``
+with ``--quick``) and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from bench_configs import bundle_default
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
-from bench_training import TrainingStep, time_steps, vqvae_training
+from kit import bundle_default, command, machine_info, machine_summary, result_options, write_result
 from monai.networks.layers.vector_quantizer import EMAQuantizer
+from speed_parts.training import TrainingStep, time_steps, vqvae_training
 
 from oasis_gen.engines.steps import memory_format
 from oasis_gen.networks.quantizer import quantizer_copy
 from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("monai", "indexed")
 
 
@@ -92,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per variant")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of steps per variant and round")
     parser.add_argument("--quick", action="store_true", help="tiny images and rounds, a few seconds")
-    parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
-    parser.add_argument("--tag", default=None, help="name of the result files (default: quantizer_speed)")
+    result_options(parser, None, "quantizer_speed, or quantizer_speed_quick with --quick")
     args = parser.parse_args(argv)
     machine = machine_info("cpu")
     overrides = {"image_size": 32} if args.quick else {}
@@ -103,14 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(k or None, rounds, seconds, overrides))
         print(f"K={rows[-1]['num_embeddings']}: MONAI {rows[-1]['monai']['images_per_s']:.1f} images/s, indexed "
               f"{rows[-1]['indexed']['images_per_s']:.1f} ({rows[-1]['speedup']:.2f}x)", flush=True)
-    command = ["python", "benchmarks/quantizer_speed.py", *(sys.argv[1:] if argv is None else argv)]
-    result = {"command": shlex.join(command), "machine": machine_summary(machine), "machine_info": machine,
+    result = {"command": command(__file__, argv), "machine": machine_summary(machine), "machine_info": machine,
               "quick": args.quick, "rounds": rounds, "seconds": seconds, "rows": rows}
-    tag = args.tag or ("quantizer_speed_quick" if args.quick else "quantizer_speed")
+    name = args.name or ("quantizer_speed_quick" if args.quick else "quantizer_speed")
     text = markdown(result)
-    written = write_result(args.out, tag, text, result)
     print(text)
-    print("written: " + ", ".join(str(path) for path in written))
+    write_result(args.out_dir, name, text, result, result["command"])
     return 0
 
 

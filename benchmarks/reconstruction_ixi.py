@@ -17,8 +17,12 @@ axial slices, slices with under 25 % head dropped); ``--dataset demo`` uses the 
 
     python benchmarks/reconstruction_ixi.py --minutes 3 10 30                 # IXI, every candidate and budget
     python benchmarks/reconstruction_ixi.py --dataset demo --minutes 3 10 30  # the demo cohort
-    python benchmarks/reconstruction_ixi.py --quick --out /tmp/q              # tiny sizes, seconds (for the tests)
+    python benchmarks/reconstruction_ixi.py --quick --out-dir /tmp/q          # tiny sizes, seconds (for the tests)
     python benchmarks/reconstruction_ixi.py --blur-only                       # the blur scale alone, seconds
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (atomically) and prints the table; ``--name`` defaults to
+``reconstruction_ixi`` (IXI), ``reconstruction_ixi_<dataset>`` (another dataset, e.g. ``reconstruction_ixi_demo``)
+or ``reconstruction_ixi_quick`` (``--quick``). Runs, logs, example pictures and the MLflow store go under ``--work``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,24 +39,32 @@ import numpy as np
 import torch
 import yaml
 from baseline_vqvae import BaselineVQVAE, evaluate, parameter_count, train_for
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    WORK,
+    bundle_report,
+    command,
+    config_settings,
+    load_slices,
+    machine_info,
+    machine_summary,
+    result_options,
+    run_bundle,
+    write_result,
+)
 from mlflow import MlflowClient
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-from oasis_gen.data import build_cache_dataset, check_dataset, eval_transforms
+from oasis_gen.bundle.configs import override_args
 from oasis_gen.data.demo import build_demo_cohort, demo_dataset
 from oasis_gen.utils.pictures import reconstruction_grid, save_png, tile, to_uint8
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CONFIGS = ROOT / "bundle" / "configs"
-IXI = ROOT.parent / "shared" / "data" / "ixi_t1"
-# reader settings per named dataset: IXI's axial slices (stored P-S-R, turned to RAS by the reader), skull and neck
-# included
+# reader settings per named dataset: IXI's axial slices (kit.IXI_READER), skull and neck included
 DATASETS: dict[str, dict[str, object]] = {
-    "ixi": {"slice_axis": "axial", "min_brain_fraction": 0.25},
+    "ixi": dict(IXI_READER),
     "demo": {},
 }
 # train.yaml overrides per candidate; "default" is train.yaml as it stands (two levels, [16,32], K=256, D=32, L1 with
@@ -112,36 +120,14 @@ QUICK_MINUTES = [0.04]
 QUICK_CANDIDATES = ["default"]
 
 
-def bundle_defaults() -> dict:
-    """train.yaml's user settings as written (the split and reader defaults the baseline must share)."""
-    return yaml.safe_load((CONFIGS / "train.yaml").read_text())
-
-
 def check_candidates(names: list[str], setting: Setting) -> None:
     """Stop before any training when a candidate overrides a key train.yaml does not have."""
     # a typo would otherwise end a long run only when that candidate's turn comes, hours in
-    keys = set(bundle_defaults())
+    keys = set(config_settings("train.yaml"))
     for name in names:
         unknown = sorted((set(CANDIDATES[name]) | set(setting.bundle_overrides)) - keys)
         if unknown:
             raise SystemExit(f"candidate {name!r} overrides keys train.yaml does not have: {unknown}")
-
-
-def run_bundle(args: list[str], log: Path, threads: int) -> float:
-    """Run a bundle command with the given torch threads, appending its output to log; return its wall time."""
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    with open(log, "a") as stream:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=stream,
-                              stderr=subprocess.STDOUT, env=env)
-    if done.returncode:
-        raise SystemExit(f"bundle command failed ({done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
-def overrides(values: dict[str, object]) -> list[str]:
-    """Bundle command-line overrides from a dict."""
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
 def top_perplexities(store: Path, run_name: str) -> list[float]:
@@ -155,24 +141,24 @@ def top_perplexities(store: Path, run_name: str) -> list[float]:
 
 
 def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, object], setting: Setting,
-                  work: Path, tag: str, max_epochs: int, epoch_steps: int | None, threads: int,
+                  work: Path, stem: str, max_epochs: int, epoch_steps: int | None, threads: int,
                   train_slices: int) -> dict:
     """Train one candidate through train.yaml for a budget, evaluate it with evaluate.yaml; return its row."""
-    out = work / f"{tag}-{name}-{minutes:g}min"
+    out = work / f"{stem}-{name}-{minutes:g}min"
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     data = {"dataset_dir": dataset, **reader}
-    common = overrides({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
-    batch_size = int({**bundle_defaults(), **setting.bundle_overrides, **CANDIDATES[name]}["batch_size"])
+    common = override_args({**data, "output_dir": out, "tracking_uri": work / "mlruns", "progress": "False"})
+    batch_size = int({**config_settings("train.yaml"), **setting.bundle_overrides, **CANDIDATES[name]}["batch_size"])
     if epoch_steps is None:
         epoch_steps = setting.epoch_steps(minutes, batch_size)
     epochs = {"train#trainer#epoch_length": epoch_steps} if epoch_steps > 0 else {}
-    train_s = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.yaml"), *common,
-                          *overrides({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
+    train_s = run_bundle("training", "train.yaml",
+                         [*common, *override_args({**setting.bundle_overrides, **CANDIDATES[name], **epochs}),
                           "--resume", "False", "--max_epochs", str(max_epochs), "--time_limit_minutes", str(minutes)],
                          log, threads)
-    eval_s = run_bundle(["run", "evaluating", "--config_file", str(CONFIGS / "evaluate.yaml"), *common], log, threads)
+    eval_s = run_bundle("evaluating", "evaluate.yaml", common, log, threads)
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
     last = torch.load(max(out.glob("checkpoints/last_*.pt")), weights_only=True)
@@ -199,12 +185,6 @@ def run_candidate(name: str, minutes: float, dataset: str, reader: dict[str, obj
     }
 
 
-def load_images(records: list[dict], image_size: int) -> torch.Tensor:
-    """The slices as the bundle caches them: (N, 1, S, S) uint8 through the project's evaluation chain."""
-    dataset = build_cache_dataset(records, eval_transforms(image_size, "uint8"), progress=False, name="slices")
-    return torch.stack([torch.as_tensor(dataset[i]["image"]).as_subclass(torch.Tensor) for i in range(len(dataset))])
-
-
 class GaussianBlur(nn.Module):
     """A reference "reconstruction": the slice under a Gaussian blur (``evaluate``'s network interface)."""
 
@@ -228,7 +208,7 @@ def blur_references(test: torch.Tensor, sigmas: tuple[float, ...] = BLUR_SIGMAS)
 
 
 def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, setting: Setting, work: Path,
-                 tag: str, seed: int) -> dict:
+                 stem: str, seed: int) -> dict:
     """Train the baseline for a budget on the train slices, score it on the test slices; return its row."""
     torch.manual_seed(seed)
     network = BaselineVQVAE(**setting.baseline)
@@ -243,7 +223,7 @@ def run_baseline(minutes: float, train: torch.Tensor, test: torch.Tensor, settin
     with torch.no_grad():
         picked = test[:: max(1, len(test) // 8)][:8].float() / 255.0
         recon = network(picked)[0].clamp(0.0, 1.0)
-    save_png(reconstruction_grid(picked, recon), work / f"{tag}-baseline-{minutes:g}min" / "test_reconstructions.png")
+    save_png(reconstruction_grid(picked, recon), work / f"{stem}-baseline-{minutes:g}min" / "test_reconstructions.png")
     sizes = setting.baseline
     return {
         "budget_minutes": minutes, "model": "baseline", "kind": "baseline",
@@ -352,8 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for every run")
     parser.add_argument("--seed", type=int, default=0, help="the baseline's seed (the bundle's is train.yaml's)")
     parser.add_argument("--work", default=None, help="where runs, logs and the MLflow store go")
-    parser.add_argument("--out", default=str(RESULTS), help="where the result table goes")
-    parser.add_argument("--tag", default=None, help="name of the result files (default: reconstruction_<dataset>)")
+    result_options(parser, None, "reconstruction_ixi, reconstruction_ixi_<dataset> for another dataset, "
+                                 "reconstruction_ixi_quick with --quick")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and models, a few seconds each")
     parser.add_argument("--blur-only", action="store_true",
                         help="score the blur scale on the test slices and stop (trains nothing)")
@@ -374,58 +354,53 @@ def main(argv: list[str] | None = None) -> None:
         f"{setting.epoch_images:,} images, or {setting.epoch_images_per_minute} per budget minute when that is more"
         if setting.epoch_images else "the whole train split")
     temporary = tempfile.TemporaryDirectory(prefix="reconstruction-") if args.quick else None
-    work = Path(args.work) if args.work else (Path(temporary.name) if temporary else ROOT / "runs" / "benchmarks")
+    work = Path(args.work) if args.work else (Path(temporary.name) if temporary else WORK)
     work = work.resolve()
     if args.quick:
         dataset_name = "a tiny synthetic demo cohort"
         build_demo_cohort(work / "data", subjects=6, size=setting.image_size, slices_per_subject=4, progress=False)
         dataset, reader = str(work / "data"), {}
     elif args.dataset == "ixi":
-        dataset_name, dataset, reader = "IXI T1", str(IXI), dict(DATASETS["ixi"])
-        if not IXI.is_dir():
-            raise SystemExit(f"IXI volumes not found at {IXI} (see ../shared/data/ixi_t1/README.md)")
+        dataset_name, dataset, reader = "IXI T1", str(IXI_DIR), dict(DATASETS["ixi"])
+        if not IXI_DIR.is_dir():
+            raise SystemExit(f"IXI volumes not found at {IXI_DIR} (see ../shared/data/ixi_t1/README.md)")
     elif args.dataset == "demo":
-        dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(ROOT / "data" / "demo")), {}
+        dataset_name, dataset, reader = "the demo cohort", demo_dataset(str(DEMO_DIR)), {}
     else:
         dataset_name, dataset, reader = args.dataset, str(Path(args.dataset).resolve()), {}
-    tag = args.tag or ("reconstruction_quick" if args.quick else f"reconstruction_{Path(args.dataset).name}")
-    out_dir = Path(args.out)
+    suffix = "_quick" if args.quick else "" if args.dataset == "ixi" else f"_{Path(args.dataset).name}"
+    stem = args.name or f"reconstruction_ixi{suffix}"  # the script's name first, whatever the dataset
 
     # the baseline's slices: the same records and images the bundle gets from the same settings
     phase = time.perf_counter()
-    defaults = bundle_defaults()
-    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
-                           axis=reader.get("slice_axis", defaults["slice_axis"]),
-                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
-                           required_splits=["train", "validate", "test"], progress=False)
+    report = bundle_report(dataset, reader, ["train", "validate", "test"])
     records = report.usable()
     check_sizes(report, dataset)
-    train = load_images(records["train"], setting.image_size)
-    test = load_images(records["test"], setting.image_size)
+    train = load_slices(records["train"], setting.image_size, encoded=True)
+    test = load_slices(records["test"], setting.image_size, encoded=True)
     data_s = time.perf_counter() - phase
     examples = train[:: max(1, len(train) // 16)][:16]
     save_png(tile([to_uint8(image.float() / 255.0) for image in examples], columns=8),
-             work / f"{tag}-train_slices.png")
+             work / f"{stem}-train_slices.png")
     print(f"data: {len(records['train'])} train, {len(records['validate'])} validate, {len(records['test'])} test "
-          f"slices, loaded in {data_s:.1f} s; examples in {work / f'{tag}-train_slices.png'}", flush=True)
+          f"slices, loaded in {data_s:.1f} s; examples in {work / f'{stem}-train_slices.png'}", flush=True)
 
     references = blur_references(test)
     rows = []
     for budget in minutes:
         for name in candidates:
-            rows.append(run_candidate(name, budget, dataset, reader, setting, work, tag, args.max_epochs,
+            rows.append(run_candidate(name, budget, dataset, reader, setting, work, stem, args.max_epochs,
                                       epoch_steps, args.threads, len(records["train"])))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
         if not args.no_baseline and (args.baseline_minutes is None or budget in args.baseline_minutes):
-            rows.append(run_baseline(budget, train, test, setting, work, tag, args.seed))
+            rows.append(run_baseline(budget, train, test, setting, work, stem, args.seed))
             print({k: v for k, v in rows[-1].items() if k != "settings"}, flush=True)
 
-    command = ["python", "benchmarks/reconstruction_ixi.py", *(sys.argv[1:] if argv is None else argv)]
     result = {
         "dataset_name": dataset_name, "dataset": dataset, "quick": args.quick, "minutes": minutes,
         "candidates": candidates, "baseline": not args.no_baseline,
         "baseline_minutes": args.baseline_minutes, "epoch_length": epoch_length,
-        "image_size": setting.image_size, "threads": args.threads, "command": shlex.join(command),
+        "image_size": setting.image_size, "threads": args.threads, "command": command(__file__, argv),
         "machine": machine_summary(machine_record), "machine_info": machine_record,
         "data": {"layout": report.layout, "reader": reader or "train.yaml's",
                  "slices": {split: len(items) for split, items in records.items()},
@@ -438,9 +413,8 @@ def main(argv: list[str] | None = None) -> None:
             row[key] = round(row[key], 4) if math.isfinite(row[key]) else row[key]
         row["epochs"] = round(row["epochs"], 2)
     text = markdown(result)
-    written = list(write_result(out_dir, tag, text, result))
     print(text)
-    print("written:", ", ".join(str(path) for path in written))
+    write_result(args.out_dir, stem, text, result, result["command"])
     if temporary:
         temporary.cleanup()
 

@@ -8,6 +8,9 @@ caching and validations, so that many levers fit in an hour. Candidates are scor
 
     python benchmarks/reconstruction_levers.py --minutes 2.5 --candidates default channels_last lr4e-3
     python benchmarks/reconstruction_levers.py --dataset demo --minutes 2.5
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``reconstruction_levers_<dataset>_<minutes>min``,
+e.g. ``reconstruction_levers_ixi_2.5min``) and prints the table.
 """
 
 from __future__ import annotations
@@ -15,19 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from baseline_vqvae import evaluate
-from bench_machine import machine_info, machine_summary
-from bench_results import write_result
-from reconstruction_ixi import DATASETS, IXI, RESULTS, ROOT, bundle_defaults, load_images
+from kit import (
+    DEMO_DIR,
+    IXI_DIR,
+    IXI_READER,
+    bundle_report,
+    command,
+    config_settings,
+    load_slices,
+    machine_info,
+    machine_summary,
+    result_options,
+    write_result,
+)
 
-from oasis_gen.data import check_dataset
 from oasis_gen.data.demo import demo_dataset
 from oasis_gen.data.transforms import decode_intensity
 from oasis_gen.engines.handlers.codebook import _LevelRestart, codebook_health
@@ -98,7 +107,7 @@ def run_candidate(name: str, train: torch.Tensor, validate: torch.Tensor, minute
         watch_every: every so many steps, the top codebook's perplexity on 128 validation slices is taken (its
             last and lowest values are reported).
     """
-    settings = {**bundle_defaults(), **CANDIDATES[name]}
+    settings = {**config_settings("train.yaml"), **CANDIDATES[name]}
     torch.manual_seed(seed)
     spec = vqvae_spec(**{key: settings[key] for key in SPEC_KEYS}, decay=settings["ema_decay"])
     network = vqvae_from_spec(spec)
@@ -168,27 +177,21 @@ def main(argv: list[str] | None = None) -> None:
                              "first minutes of a 30-minute run")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tag", default=None)
-    parser.add_argument("--out", default=str(RESULTS))
+    result_options(parser, None, "reconstruction_levers_<dataset>_<minutes>min")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     machine = machine_info("cpu")
-    defaults = bundle_defaults()
-    dataset, reader = (str(IXI), DATASETS["ixi"]) if args.dataset == "ixi" else (
-        demo_dataset(str(ROOT / "data" / "demo")), {})
-    report = check_dataset(dataset, split_ratios=defaults["split_ratios"], seed=defaults["split_seed"],
-                           axis=reader.get("slice_axis", defaults["slice_axis"]),
-                           min_brain_fraction=reader.get("min_brain_fraction", defaults["min_brain_fraction"]),
-                           required_splits=["train", "validate"], progress=False)
-    records = report.usable()
-    train = load_images(records["train"], int(defaults["image_size"]))
-    validate = load_images(records["validate"], int(defaults["image_size"]))
+    defaults = config_settings("train.yaml")
+    dataset, reader = (str(IXI_DIR), IXI_READER) if args.dataset == "ixi" else (demo_dataset(str(DEMO_DIR)), {})
+    records = bundle_report(dataset, reader, ["train", "validate"]).usable()
+    train = load_slices(records["train"], int(defaults["image_size"]), encoded=True)
+    validate = load_slices(records["validate"], int(defaults["image_size"]), encoded=True)
     rows = []
     for name in args.candidates:
         rows.append(run_candidate(name, train, validate, args.minutes, args.seed, args.schedule_minutes))
         print(json.dumps(rows[-1]), flush=True)
-    command = shlex.join(["python", "benchmarks/reconstruction_levers.py", *(sys.argv[1:] if argv is None else argv)])
-    tag = args.tag or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
+    line = command(__file__, argv)
+    stem = args.name or f"reconstruction_levers_{args.dataset}_{args.minutes:g}min"
     schedule = (f"; the learning rate anneals over {args.schedule_minutes:g} minutes (the start of a run of that "
                 "budget)" if args.schedule_minutes else "")
     lines = [f"# VQ-VAE levers at equal wall time ({args.minutes:g} min each), {args.dataset}, validation split",
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
              "caching or validations); per-image SSIM (data range 1) and PSNR of clamped reconstructions"
              f"{schedule}. Top perplexity: of the top codes of 128 validation slices at the end, and the lowest "
              "taken every 250 steps (1: the top codebook collapsed to one code).",
-             f"Command: `{command}`", "",
+             f"Command: `{line}`", "",
              "| candidate | settings | parameters | images/s | epochs | SSIM | PSNR | top perplexity (lowest) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['settings'] or 'train.yaml'} | {r['parameters']:,} | {r['images_per_s']} | "
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
               for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_result(Path(args.out), tag, text, {"machine": machine, "minutes": args.minutes, "rows": rows})
+    write_result(args.out_dir, stem, text, {"machine": machine, "minutes": args.minutes, "rows": rows}, line)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The speed benchmark in one command: compute rate, training throughput, pipeline overhead, inference, sampling
 and cache memory, written as a Markdown table with the machine it ran on.
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--out benchmarks/results]
+    .venv/bin/python benchmarks/speed.py [--quick] [--out-dir benchmarks/results]
 
-Measures, with the bundle's defaults read from ``bundle/configs/*.yaml``:
+Measures, with the bundle's defaults read from ``bundle/configs/*.yaml`` (each part a module of ``speed_parts/``):
 
 1. this machine's matmul GFLOP/s (float32, best of a few; on CUDA also float16 and bfloat16);
 2. VQ-VAE training throughput (images/s, achieved GFLOP/s and its fraction of the matmul rate) at the default
@@ -15,7 +15,7 @@ Measures, with the bundle's defaults read from ``bundle/configs/*.yaml``:
 6. peak memory of the OASIS-sized cached train split (9,664 slices of 256x256), in a fresh process.
 
 ``--quick`` shrinks every size so the whole run takes well under a minute (the smoke test runs it). Writes
-``<out>/speed.md`` and ``<out>/speed.json`` (atomically) and prints the table.
+``<out-dir>/speed.md`` and ``<out-dir>/speed.json`` (atomically; ``--name`` for another name) and prints the table.
 """
 
 from __future__ import annotations
@@ -30,19 +30,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_configs import ROOT, bundle_default, config_prior, config_vqvae
-from bench_inference import inference_speed
-from bench_machine import machine_info, machine_summary
-from bench_pipeline import pipeline_overhead, pipeline_variants
-from bench_results import write_result
-from bench_sampling import time_samplers
-from bench_training import matmul_rates, vqvae_throughput
-from cache_memory import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
+from kit import (
+    WORK,
+    bundle_default,
+    command,
+    config_prior,
+    config_vqvae,
+    machine_info,
+    machine_summary,
+    result_options,
+    write_result,
+)
+from speed_parts.cache import OASIS_SLICE_SIZE, OASIS_TRAIN_SLICES, measure_cache, write_slices
+from speed_parts.inference import inference_speed
+from speed_parts.pipeline import pipeline_overhead, pipeline_variants
+from speed_parts.sampling import time_samplers
+from speed_parts.training import matmul_rates, vqvae_throughput
 
 from oasis_gen.utils.threads import sampling_threads
 
-DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
-OASIS_SLICES_DIR = ROOT / "runs" / "benchmarks" / "oasis_sized"  # 9,664 PNGs, written once and reused
+OASIS_SLICES_DIR = WORK / "oasis_sized"  # 9,664 PNGs, written once and reused
 OVERHEAD_GOAL = 0.05
 @dataclass(frozen=True)
 class Plan:
@@ -81,7 +88,7 @@ QUICK = Plan(matmul_size=512, matmul_repeats=3, train_image_sizes=(32, 64), trai
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole run in well under a minute")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="folder of speed.md and speed.json")
+    result_options(parser, "speed")
     return parser.parse_args(argv)
 
 
@@ -156,10 +163,11 @@ def measure_cache_memory(plan: Plan, work: Path, quick: bool) -> dict[str, Any]:
     return result
 
 
-def run(plan: Plan, quick: bool) -> dict[str, Any]:
+def run(plan: Plan, quick: bool, command: str) -> dict[str, Any]:
     """Every measurement of the plan, in order, in a scratch folder that is removed afterwards."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result: dict[str, Any] = {"machine": machine_info(device), "quick": quick, "plan": asdict(plan)}
+    result: dict[str, Any] = {"command": command, "machine": machine_info(device), "quick": quick,
+                              "plan": asdict(plan)}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="oasis-speed-") as scratch:
         work = Path(scratch)
@@ -294,11 +302,10 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
 def markdown(result: dict[str, Any]) -> str:
     """speed.md: the machine, the summary table and where the pipeline's time goes."""
     machine, pipe = result["machine"], result["pipeline"]
-    command = ".venv/bin/python benchmarks/speed.py" + (" --quick" if result["quick"] else "")
     lines = [
         "# Speed" + (" (--quick: tiny sizes, figures not representative)" if result["quick"] else ""),
         "",
-        f"Command: `{command}` ({result['total_seconds']:.0f} s).",
+        f"Command: `{result['command']}` ({result['total_seconds']:.0f} s).",
         "",
         "| machine | |",
         "|---|---|",
@@ -359,13 +366,12 @@ def check_finite(value: Any, where: str = "result") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(QUICK if args.quick else FULL, args.quick)
+    result = run(QUICK if args.quick else FULL, args.quick, command(__file__, argv))
     check_finite(result)
     report = markdown(result)
-    write_result(args.out, "speed", report, result)
     print()
     print(report)
-    print(f"written: {args.out / 'speed.md'}, {args.out / 'speed.json'}")
+    write_result(args.out_dir, args.name, report, result, result["command"])
     return 0
 
 

@@ -13,35 +13,30 @@ the project's data layer, as training reads them):
 Usage::
 
     .venv/bin/python benchmarks/top_level_usage.py runs/demo/vqvae/checkpoints/model.pt --dataset-dir data/demo
+
+Prints the table; with ``--out-dir`` also writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to
+``top_level_usage``; benchmarks/results/top_level_usage_demo.md is one).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from kit import command, load_slices, result_options, split_records, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench_results import write_result  # noqa: E402
-
-from oasis_gen.data import check_dataset  # noqa: E402
-from oasis_gen.generation.reference import split_slices  # noqa: E402
-from oasis_gen.networks.vqvae import load_vqvae  # noqa: E402
-from oasis_gen.networks.vqvae2 import TwoLevelVQVAE  # noqa: E402
+from oasis_gen.networks.vqvae import load_vqvae
+from oasis_gen.networks.vqvae2 import TwoLevelVQVAE
 
 
 def read_split(dataset_dir: Path, split: str, image_size: int, limit: int, seed: int = 0) -> torch.Tensor:
     """Up to ``limit`` slices (chosen with ``seed``) of one split of a dataset, through the project's data layer."""
-    report = check_dataset(dataset_dir, required_splits=[split], progress=False)
-    records = list(report.usable(skip_bad=True)[split])
+    records = split_records(dataset_dir, split, max_count=limit, choice_seed=seed)
     if not records:
         raise SystemExit(f"top_level_usage: no usable slices in the {split} split of {dataset_dir}")
-    return split_slices(records, image_size, max_count=limit, seed=seed)[0]
+    return load_slices(records, image_size)
 
 
 def conditional_entropy(codes: torch.Tensor) -> float:
@@ -77,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-dir", type=Path, required=True, help="a dataset (OASIS PNG layout or volumes)")
     parser.add_argument("--split", default="validate")
     parser.add_argument("--limit", type=int, default=192, help="at most this many slices")
-    parser.add_argument("--out-dir", type=Path, default=None, help="also write <out-dir>/<name>.md and .json")
-    parser.add_argument("--name", default="top_level_usage")
+    result_options(parser, "top_level_usage", out_dir=None)
     args = parser.parse_args(argv)
     rows = []
     for path in args.checkpoints:
@@ -96,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out_dir is not None:
-        command = "python benchmarks/top_level_usage.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_result(args.out_dir, args.name, f"# Top level usage\n\nCommand: `{command}`\n\n{text}\n", rows)
+        line = command(__file__, argv)
+        write_result(args.out_dir, args.name, f"# Top level usage\n\nCommand: `{line}`\n\n{text}\n", rows, line)
     return 0
 
 

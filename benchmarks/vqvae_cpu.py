@@ -5,27 +5,23 @@ Each candidate runs the real bundle (``python -m monai.bundle run training`` wit
 per second and parameters.
 
     .venv/bin/python benchmarks/vqvae_cpu.py --minutes 4                       # compare the candidates
-    .venv/bin/python benchmarks/vqvae_cpu.py --minutes 20 --candidates base --max-epochs 40 --tag quality-bar
+    .venv/bin/python benchmarks/vqvae_cpu.py --minutes 20 --candidates base --max-epochs 40 --name quality_bar
+
+Writes ``<out-dir>/<name>.md`` and ``.json`` (``--name`` defaults to ``vqvae_cpu``; it also names the candidates'
+runs and logs under ``--work``) and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 import yaml
-from bench_machine import machine_info, machine_summary
+from kit import ROOT, command, machine_info, machine_summary, result_options, run_bundle, write_result
 
-from oasis_gen.utils.files import write_text
+from oasis_gen.bundle.configs import override_args
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 # all at 128x128 with a 32x32 code grid (two downsamplings), K=256, D=32; they differ in width
 CANDIDATES = {
     "small": {"channels": "[16,32]"},  # the CPU default
@@ -34,42 +30,30 @@ CANDIDATES = {
 }
 
 
-def run_bundle(args: list[str], log: Path) -> float:
-    """Run a bundle command, appending its output to log; return its wall time."""
-    start = time.perf_counter()
-    with open(log, "a") as stream:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=stream,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode:
-        raise SystemExit(f"bundle command failed ({done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0, help="training wall time per candidate")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--dataset", default="data/demo", help="dataset (default: the demo cohort)")
     parser.add_argument("--work", default="runs/benchmarks", help="where runs and the MLflow store go")
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs the LR schedule spans")
-    parser.add_argument("--tag", default="vqvae_cpu", help="name of the result files")
-    args = parser.parse_args()
+    result_options(parser, "vqvae_cpu", "vqvae_cpu; also names the runs under --work")
+    args = parser.parse_args(argv)
 
     machine = machine_summary(machine_info("cpu"))  # before the runs: the load average is the one they started under
     work = ROOT / args.work
     rows = []
     for name in args.candidates:
-        out = work / f"{args.tag}-{name}"
-        log = work / f"{args.tag}-{name}.log"
+        out = work / f"{args.name}-{name}"
+        log = work / f"{args.name}-{name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         common = ["--dataset_dir", args.dataset, "--output_dir", str(out), "--tracking_uri", str(work / "mlruns"),
                   "--progress", "False"]
-        overrides = [x for key, value in CANDIDATES[name].items() for x in (f"--{key}", value)]
-        train_s = run_bundle(["run", "training", "--config_file", "bundle/configs/train.yaml", *common, *overrides,
+        train_s = run_bundle("training", "train.yaml", [*common, *override_args(CANDIDATES[name]),
                               "--resume", "False", "--max_epochs", str(args.max_epochs),
                               "--time_limit_minutes", str(args.minutes)], log)
-        run_bundle(["run", "evaluating", "--config_file", "bundle/configs/evaluate.yaml", *common], log)
+        run_bundle("evaluating", "evaluate.yaml", common, log)
         summary = json.loads((out / "evaluation" / "summary.json").read_text())
         config = yaml.safe_load((out / "config.yaml").read_text())
         last = torch.load(max(out.glob("checkpoints/last_*.pt")), weights_only=True)
@@ -84,20 +68,19 @@ def main() -> None:
         })
         print(rows[-1], flush=True)
 
+    line = command(__file__, argv)
     lines = [f"# VQ-VAE at equal wall time ({args.minutes:g} min of training each)", "",
              f"Machine: {machine} Dataset: {args.dataset}. 128x128 slices, 32x32 code grid, K=256, D=32, "
              "batch 16, L1 + commitment loss. Wall time includes validation each epoch and the bundle's start-up.",
-             f"Command: `.venv/bin/python benchmarks/vqvae_cpu.py --minutes {args.minutes:g} "
-             f"--candidates {' '.join(args.candidates)} --max-epochs {args.max_epochs} --tag {args.tag}`", "",
+             f"Command: `{line}`", "",
              "| candidate | channels | parameters | epochs | train wall (s) | images/s | test SSIM | PSNR (dB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['candidate']} | {r['channels']} | {r['parameters']:,} | {r['epochs']} | {r['train_wall_s']} | "
               f"{r['images_per_s']} | {r['test_ssim']:.4f} ± {r['test_ssim_std']:.4f} | {r['test_psnr']:.2f} |"
               for r in rows]
-    write_text(RESULTS / f"{args.tag}.md", "\n".join(lines) + "\n")
-    write_text(RESULTS / f"{args.tag}.json", json.dumps({"machine": machine, "minutes": args.minutes, "rows": rows},
-                                                        indent=2))
     print("\n".join(lines))
+    result = {"machine": machine, "minutes": args.minutes, "rows": rows}
+    write_result(args.out_dir, args.name, "\n".join(lines) + "\n", result, line)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_quick_run_through_the_command_line_writes_the_table_for_two_levels(tmp_
 
 
 def test_quick_run_in_process_for_one_level(tmp_path):
-    assert main(["--quick", "--quick-levels", "1", "--out-dir", str(tmp_path), "--name", "one"]) == 0
+    assert main(["--quick", "--quick-levels", "1", "--out-dir", str(tmp_path), "--name", "atypicality_one"]) == 0
     result = json.loads((tmp_path / "atypicality_one.json").read_text())
     check_result(result, two_level=False)
     assert "top_prior_ckpt" not in result["models"]

@@ -26,11 +26,11 @@ from reconstruction_ixi import BLUR_SIGMAS, CANDIDATES, FULL, QUICK, blur_refere
 def quick_run(tmp_path_factory) -> dict:
     """One `reconstruction_ixi.py --quick` run through its command line, as a user runs it."""
     out = tmp_path_factory.mktemp("reconstruction")
-    done = subprocess.run([sys.executable, "benchmarks/reconstruction_ixi.py", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "benchmarks/reconstruction_ixi.py", "--quick", "--out-dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
-    return {"result": json.loads((out / "reconstruction_quick.json").read_text()),
-            "markdown": (out / "reconstruction_quick.md").read_text(), "stdout": done.stdout}
+    return {"result": json.loads((out / "reconstruction_ixi_quick.json").read_text()),
+            "markdown": (out / "reconstruction_ixi_quick.md").read_text(), "stdout": done.stdout}
 
 
 @pytest.mark.slow
@@ -63,10 +63,10 @@ def test_quick_run_has_a_row_per_candidate_and_the_baseline(quick_run):
 @pytest.mark.slow
 def test_blur_only_scores_the_scale_and_trains_nothing(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/reconstruction_ixi.py", "--quick", "--blur-only",
-                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
-    result = json.loads((tmp_path / "reconstruction_quick.json").read_text())
-    text = (tmp_path / "reconstruction_quick.md").read_text()
+    result = json.loads((tmp_path / "reconstruction_ixi_quick.json").read_text())
+    text = (tmp_path / "reconstruction_ixi_quick.md").read_text()
     assert result["rows"] == [] and result["minutes"] == [] and result["candidates"] == []
     assert [ref["blur_sigma"] for ref in result["blur_references"]] == list(BLUR_SIGMAS)
     assert "| blur sigma (px) | SSIM | PSNR |" in text and "| model |" not in text

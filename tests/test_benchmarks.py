@@ -16,9 +16,9 @@ from ignite.engine import Engine
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_pipeline import CallTimer, IterationClock  # noqa: E402
-from bench_training import TrainingStep, matmul_gflops, step_flops, vqvae_training  # noqa: E402
 from speed import QUICK, markdown, table_rows  # noqa: E402
+from speed_parts.pipeline import CallTimer, IterationClock  # noqa: E402
+from speed_parts.training import TrainingStep, matmul_gflops, step_flops, vqvae_training  # noqa: E402
 
 ROW_IDS = {
     "matmul_float32", "train_default", "train_large", "pipeline_overhead", "pipeline_variant0", "pipeline_variant1",
@@ -31,7 +31,7 @@ ROW_IDS = {
 def quick_run(tmp_path_factory) -> dict:
     """One `speed.py --quick` run through its command line, as a user runs it."""
     out = tmp_path_factory.mktemp("speed")
-    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--quick", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--quick", "--out-dir", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"out": out, "stdout": done.stdout, "result": json.loads((out / "speed.json").read_text()),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from bench_configs import bundle_parser
+from kit import bundle_parser
 from torch.utils.flop_counter import FlopCounterMode
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from bench_configs import CONFIGS, ROOT, bundle_parser, config_prior, config_vqvae
+from kit import ROOT, bundle_parser, config_prior, config_vqvae
 
+from oasis_gen.bundle.configs import configs_dir
 from oasis_gen.networks.spec import checkpoint_sha256
 
 INFERENCE_CODE = ROOT / "oasis_gen" / "inference"
@@ -22,7 +23,7 @@ INFERENCE_CODE = ROOT / "oasis_gen" / "inference"
 
 def inference_available() -> str | None:
     """None when inference.yaml and oasis_gen.inference exist, else what is missing."""
-    missing = [str(path.relative_to(ROOT)) for path in (CONFIGS / "inference.yaml", INFERENCE_CODE)
+    missing = [str(path.relative_to(ROOT)) for path in (configs_dir() / "inference.yaml", INFERENCE_CODE)
                if not path.exists()]
     return f"pending: {', '.join(missing)} not written yet" if missing else None
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_configs import ROOT, bundle_parser, config_imports
-from bench_training import TrainingStep, time_steps, vqvae_training
 from ignite.engine import Engine, Events
 from ignite.handlers import HandlersTimeProfiler
+from kit import ROOT, bundle_parser, config_imports
 from monai.engines import IterationEvents
 
 from oasis_gen.engines.distributed import unwrap
+from speed_parts.training import TrainingStep, time_steps, vqvae_training
 
 # events fired once per training iteration, outside the model step (its own events are inside "processing")
 ITERATION_EVENTS = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
